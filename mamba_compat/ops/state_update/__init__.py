@@ -1,0 +1,102 @@
+"""One-token decode step of the selective scan (`selective_state_update`), updating `state` in place.
+
+Backends, one file each: reference.py (PyTorch, any device; also the oracle), triton.py (CUDA),
+metal.py (MPS). Each exposes `state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+state_batch_indices) -> out` on the normalized 4-D layout below and writes `state` in place.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ... import backends
+from ..checks import (require_rank, require_same_device, require_shape, require_tensor, check_groups)
+
+__all__ = ["selective_state_update", "state_update_impl"]
+
+_BACKEND_FOR = {"naive": "reference"}  # the PyTorch decode step is its own oracle
+
+
+def state_update_impl(name: str):
+    name = _BACKEND_FOR.get(name, name)
+    return importlib.import_module(f"{__name__}.{name}").state_update
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None, backend=None):
+    """One decode step; same arguments and result as mamba_ssm's.
+
+    Args:
+        state: (batch, dim, dstate) or (batch, nheads, dim, dstate); updated in place. With
+            state_batch_indices its first dim may be larger (a cache), rows picked by the indices.
+        x: (batch, dim) or (batch, nheads, dim)
+        dt: like x (often a broadcast view of a per-head dt)
+        A: (dim, dstate) or (nheads, dim, dstate) (often a broadcast view of a per-head A)
+        B, C: (batch, dstate) or (batch, ngroups, dstate)
+        D: (dim,) or (nheads, dim), optional
+        z: like x, optional: out *= silu(z)
+        dt_bias: (dim,) or (nheads, dim), optional
+        dt_softplus: apply softplus to dt + dt_bias
+        state_batch_indices: (batch,) int; row of `state` for each batch element; negative = padding
+            (the row is skipped and its output is zero)
+    Returns:
+        out: like x
+    Example:
+        >>> out = selective_state_update(ssm_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=True)
+    """
+    require_tensor("state", state)
+    require_rank("state", state, (3, 4), "(batch, dim, dstate) or (batch, nheads, dim, dstate)")
+    has_heads = state.dim() == 4
+    st = state if has_heads else state.unsqueeze(1)
+    _, h, p, n = st.shape
+    require_tensor("x", x)
+    require_rank("x", x, (3,) if has_heads else (2,), "(batch, nheads, dim)" if has_heads else "(batch, dim)")
+    x4 = x if has_heads else x.unsqueeze(1)
+    b = x4.shape[0]
+    require_shape("x", x4, (b, h, p), "(batch, nheads, dim) matching state " + str(tuple(state.shape)))
+    require_tensor("dt", dt)
+    require_shape("dt", dt, tuple(x.shape), "x's shape")
+    dt4 = dt if has_heads else dt.unsqueeze(1)
+    require_tensor("A", A)
+    A3 = A if A.dim() == 3 else (A.unsqueeze(0) if A.dim() == 2 else A)
+    require_shape("A", A3, (h, p, n), "(nheads, dim, dstate)" if has_heads else "(dim, dstate)")
+    require_tensor("B", B)
+    B3 = B if B.dim() == 3 else (B.unsqueeze(1) if B.dim() == 2 else B)
+    require_rank("B", B3, (3,), "(batch, ngroups, dstate) or (batch, dstate)")
+    if B3.shape[0] != b or B3.shape[2] != n:
+        raise ValueError(f"B must have shape (batch, ngroups, dstate) with batch={b}, dstate={n}, got {tuple(B.shape)}")
+    check_groups(h, B3.shape[1], f"B {tuple(B.shape)} (state has shape {tuple(state.shape)})")
+    require_tensor("C", C)
+    C3 = C if C.dim() == 3 else (C.unsqueeze(1) if C.dim() == 2 else C)
+    require_shape("C", C3, tuple(B3.shape), "B's shape")
+    require_tensor("D", D, optional=True)
+    D2 = None if D is None else (D.unsqueeze(0) if (D.dim() == 1 and not has_heads) else D)
+    if D2 is not None and D2.dim() == 1 and has_heads:
+        D2 = D2[:, None].expand(h, p)  # per-head D broadcast over dim
+    if D2 is not None:
+        require_shape("D", D2, (h, p), "(nheads, dim)" if has_heads else "(dim,)")
+    require_tensor("z", z, optional=True)
+    z4 = None if z is None else (z if has_heads else z.unsqueeze(1))
+    if z is not None:
+        require_shape("z", z, tuple(x.shape), "x's shape")
+    require_tensor("dt_bias", dt_bias, optional=True)
+    db2 = None if dt_bias is None else (dt_bias.unsqueeze(0) if (dt_bias.dim() == 1 and not has_heads) else dt_bias)
+    if db2 is not None and db2.dim() == 1 and has_heads:
+        db2 = db2[:, None].expand(h, p)
+    if db2 is not None:
+        require_shape("dt_bias", db2, (h, p), "(nheads, dim)" if has_heads else "(dim,)")
+    if state_batch_indices is not None:
+        if not hasattr(state_batch_indices, "dtype") or state_batch_indices.dtype.is_floating_point:
+            raise TypeError("state_batch_indices must be an integer tensor of shape (batch,)")
+        require_shape("state_batch_indices", state_batch_indices, (b,), "(batch,)")
+    elif st.shape[0] != b:
+        raise ValueError(f"state has batch {st.shape[0]} but x has batch {b}; pass state_batch_indices to update "
+                         "selected rows of a larger cache")
+    require_same_device(dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                             state_batch_indices=state_batch_indices))
+    name = backends.resolve(x.device) if backend is None else backend
+    if backend is not None:
+        ok, why = backends.status(name, x.device)
+        if not ok:
+            raise backends.BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
+    out = state_update_impl(name)(st, x4, dt4, A3, B3, C3, D2, z4, db2, dt_softplus, state_batch_indices)
+    return out if has_heads else out.squeeze(1)
