@@ -2,7 +2,7 @@
 
 Every fast backend (reference, triton, metal) provides
     fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max)
-        -> (y (B, L, H, P) in x.dtype, final_states (B, H, P, N) float32)
+        -> (y (B, L, H, P) in x.dtype, final_states (B, H, P, N) float32; float64 for float64 x)
     bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
         dt_min, dt_max)
         -> (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states); an entry is None where the input was None
@@ -34,7 +34,8 @@ def make_ssd_op(name: str, fwd: Callable, bwd: Callable, device_types=None):
     def _fwd_fake(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max):
         b, _, h, p = x.shape
         n = B.shape[-1]
-        return torch.empty_like(x), x.new_empty((b, h, p, n), dtype=torch.float32)
+        state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return torch.empty_like(x), x.new_empty((b, h, p, n), dtype=state_dtype)
 
     @torch.library.custom_op(qual_bwd, mutates_args=(), device_types=device_types)
     def bwd_op(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,

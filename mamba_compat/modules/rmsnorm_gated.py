@@ -1,0 +1,60 @@
+"""Grouped, gated RMSNorm as used by Mamba-2 (same parameters and semantics as mamba_ssm's RMSNorm in
+ops/triton/layernorm_gated.py), in plain PyTorch with fp32 arithmetic.
+
+    norm_before_gate=True:   out = rmsnorm(x) * silu(z)
+    norm_before_gate=False:  out = rmsnorm(x * silu(z))
+rmsnorm is taken over groups of `group_size` consecutive channels (one group when group_size is None).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rmsnorm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-5,
+                  group_size: Optional[int] = None, norm_before_gate: bool = True) -> torch.Tensor:
+    """x, z: (..., D); weight: (D,) -> (..., D) in x.dtype. D must be a multiple of group_size."""
+    d = x.shape[-1]
+    gs = d if group_size is None else group_size
+    if d % gs != 0:
+        raise ValueError(f"x's last dim {d} (shape {tuple(x.shape)}) must be a multiple of group_size {gs}")
+    xf = x.float()
+    if z is not None and not norm_before_gate:
+        xf = xf * F.silu(z.float())
+    xg = xf.unflatten(-1, (d // gs, gs))  # (..., groups, group_size)
+    xg = xg * torch.rsqrt(xg.square().mean(dim=-1, keepdim=True) + eps)
+    out = xg.flatten(-2) * weight.float()  # (..., D)
+    if z is not None and norm_before_gate:
+        out = out * F.silu(z.float())
+    return out.to(x.dtype)
+
+
+class RMSNormGated(nn.Module):
+    """Parameters: weight (hidden_size,), initialised to ones; no bias (registered as None, like upstream)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: Optional[int] = None,
+                 norm_before_gate: bool = True, device=None, dtype=None):
+        super().__init__()
+        if group_size is not None and (group_size < 1 or hidden_size % group_size != 0):
+            raise ValueError(f"group_size must divide hidden_size, got group_size={group_size}, "
+                             f"hidden_size={hidden_size}")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+        self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x, z: (..., hidden_size) -> (..., hidden_size) in x.dtype."""
+        return rmsnorm_gated(x, self.weight, z, self.eps, self.group_size, self.norm_before_gate)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
+                f"norm_before_gate={self.norm_before_gate}")
