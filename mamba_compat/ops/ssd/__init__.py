@@ -18,9 +18,18 @@ from ..checks import (check_chunk_size, check_dt_limit, check_groups, check_seq_
 __all__ = ["mamba_chunk_scan_combined", "chunk_scan_impl"]
 
 
+_IMPLS = {}
+
+
 def chunk_scan_impl(name: str):
-    """The `chunk_scan` function of backend `name` (imported on first use)."""
-    return importlib.import_module(f"{__name__}.{name}").chunk_scan
+    """The `chunk_scan` function of backend `name` (imported on first use, then cached)."""
+    if name not in _IMPLS:
+        _IMPLS[name] = importlib.import_module(f"{__name__}.{name}").chunk_scan
+    return _IMPLS[name]
+
+
+for _name in ("naive", "reference"):  # cheap and always available: import now, so torch.compile never traces an import
+    chunk_scan_impl(_name)
 
 
 def _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_limit):

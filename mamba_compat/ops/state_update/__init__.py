@@ -16,9 +16,18 @@ __all__ = ["selective_state_update", "state_update_impl"]
 _BACKEND_FOR = {"naive": "reference"}  # the PyTorch decode step is its own oracle
 
 
+_IMPLS = {}
+
+
 def state_update_impl(name: str):
+    """The `state_update` function of backend `name` (imported on first use, then cached)."""
     name = _BACKEND_FOR.get(name, name)
-    return importlib.import_module(f"{__name__}.{name}").state_update
+    if name not in _IMPLS:
+        _IMPLS[name] = importlib.import_module(f"{__name__}.{name}").state_update
+    return _IMPLS[name]
+
+
+state_update_impl("reference")
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,

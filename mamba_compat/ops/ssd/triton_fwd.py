@@ -1,0 +1,149 @@
+"""Triton forward of the SSD scan: one kernel, one program per (head-dim block, batch*head).
+
+Each program walks the sequence chunk by chunk (Q steps per chunk) and carries its (BP, N) slice of
+the state in fp32 registers, so the inter-chunk recurrence needs no extra launch or global round
+trip. Per chunk (c = chunk-local cumsum of dt*A, r = resets seen so far in the chunk):
+
+    y     = ((C B^T) * exp(c_i - c_j) * [j <= i, r_i == r_j] * dt_j) @ x          intra-chunk
+          + exp(c_i) [r_i == 0] * (C @ S^T)                                      carried state
+          + D x,  then * silu(z)
+    S    <- exp(c_last) [no reset in chunk] * S + (x * dt * exp(c_last - c) [r == r_last])^T @ B
+
+The same kernel with COMPUTE_Y=False and STORE_STATES=True is the first backward pass: it writes
+the state entering every chunk (and the final one) to `states` (B*H, nchunks + 1, P, N) fp32.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import autotune_configs
+
+
+@triton.jit
+def process_dt(raw, dtb, dt_min, dt_max, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr):
+    """raw dt (+ bias) -> (dt used, d dt_used / d raw). softplus as torch (threshold 20); clamp
+    gradient passes where dt_min <= v <= dt_max, as torch.clamp's."""
+    v = raw + dtb
+    grad = tl.full(v.shape, 1.0, tl.float32)
+    if SOFTPLUS:
+        sp = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+        grad = tl.where(v > 20.0, 1.0, tl.sigmoid(v))
+        v = sp
+    if CLAMP:
+        inside = (v >= dt_min) & (v <= dt_max)
+        grad = tl.where(inside, grad, 0.0)
+        v = tl.minimum(tl.maximum(v, dt_min), dt_max)
+    return v, grad
+
+
+@triton.jit
+def chunk_resets(seq_row, t, tmask, ssl, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """(Q,) int32 count of seq_idx changes at or before each step of the chunk (0 without seq_idx)."""
+    if HAS_SEQ:
+        cur = tl.load(seq_row + t * ssl, mask=tmask, other=0)
+        prev = tl.load(seq_row + (t - 1) * ssl, mask=tmask & (t > 0), other=0)
+        rst = tl.where(tmask & (t > 0) & (cur != prev), 1, 0)
+        r = tl.cumsum(rst, 0)
+    else:
+        r = tl.zeros([Q], dtype=tl.int32)
+    return r
+
+
+@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES", "HAS_Z"])
+@triton.jit
+def ssd_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, init_ptr, seq_ptr,
+    y_ptr, final_ptr, states_ptr,
+    L, H, P, N, HPG, dt_min, dt_max,
+    sxb, sxl, sxh, sxp,
+    sdb, sdl, sdh,
+    sBb, sBl, sBg, sBn,
+    sCb, sCl, sCg, sCn,
+    szb, szl, szh, szp,
+    syb, syl, syh, syp,
+    ssb, ssl,
+    sDh, sDp,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+    COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
+    Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, BP: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // HPG
+    offs_q = tl.arange(0, Q)
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pmask = offs_p < P
+    nmask = offs_n < N
+    pn_mask = pmask[:, None] & nmask[None, :]
+    pn_offs = offs_p[:, None] * N + offs_n[None, :]  # within one (P, N) state
+
+    A = tl.load(A_ptr + h).to(tl.float32)
+    dtb = 0.0
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + h).to(tl.float32)
+    x_row = x_ptr + b * sxb + h * sxh
+    dt_row = dt_ptr + b * sdb + h * sdh
+    B_row = B_ptr + b * sBb + g * sBg
+    C_row = C_ptr + b * sCb + g * sCg
+    z_row = z_ptr + b * szb + h * szh
+    y_row = y_ptr + b * syb + h * syh
+    seq_row = seq_ptr + b * ssb
+    if HAS_D:
+        Dv = tl.load(D_ptr + h * sDh + offs_p * sDp, mask=pmask, other=0.0).to(tl.float32)  # (BP,)
+
+    if HAS_INIT:
+        state = tl.load(init_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BP, BN], dtype=tl.float32)
+
+    nchunks = tl.cdiv(L, Q)
+    st_base = states_ptr + pid_bh * (nchunks + 1) * P * N
+    for ci in range(0, nchunks):
+        if STORE_STATES:
+            tl.store(st_base + ci * P * N + pn_offs, state, mask=pn_mask)
+        t = ci * Q + offs_q
+        tmask = t < L
+        t = t.to(tl.int64)
+        raw = tl.load(dt_row + t * sdl, mask=tmask, other=0.0).to(tl.float32)
+        dt, _ = process_dt(raw, dtb, dt_min, dt_max, SOFTPLUS, CLAMP)
+        dt = tl.where(tmask, dt, 0.0)  # padded steps: no decay, no input
+        cum = tl.cumsum(dt * A, 0)  # (Q,)
+        last = tl.sum(tl.where(offs_q == Q - 1, cum, 0.0), 0)
+        r = chunk_resets(seq_row, t, tmask, ssl, Q, HAS_SEQ)
+        r_last = tl.max(r, 0)
+
+        x = tl.load(x_row + t[:, None] * sxl + offs_p[None, :] * sxp, mask=tmask[:, None] & pmask[None, :],
+                    other=0.0)  # (Q, BP)
+        Bm = tl.load(B_row + t[:, None] * sBl + offs_n[None, :] * sBn, mask=tmask[:, None] & nmask[None, :],
+                     other=0.0)  # (Q, BN)
+        if COMPUTE_Y:
+            Cm = tl.load(C_row + t[:, None] * sCl + offs_n[None, :] * sCn, mask=tmask[:, None] & nmask[None, :],
+                         other=0.0)  # (Q, BN)
+            CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)  # (Q, Q)
+            causal = (offs_q[:, None] >= offs_q[None, :]) & (r[:, None] == r[None, :])
+            seg = tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))
+            W = CB * tl.exp(seg) * dt[None, :]
+            y = tl.dot(W.to(x.dtype), x, input_precision=DOT_PREC)  # (Q, BP)
+            ein = tl.where(r == 0, tl.exp(cum), 0.0)
+            cs = tl.dot(Cm, tl.trans(state.to(Cm.dtype)), input_precision=DOT_PREC)  # (Q, BP)
+            y += cs * ein[:, None]
+            if HAS_D:
+                y += x.to(tl.float32) * Dv[None, :]
+            if HAS_Z:
+                zz = tl.load(z_row + t[:, None] * szl + offs_p[None, :] * szp, mask=tmask[:, None] & pmask[None, :],
+                             other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_row + t[:, None] * syl + offs_p[None, :] * syp, y.to(y_ptr.dtype.element_ty),
+                     mask=tmask[:, None] & pmask[None, :])
+        w = tl.where(r == r_last, tl.exp(last - cum) * dt, 0.0)  # (Q,) weight of each step in the chunk's state
+        carry = tl.where(r_last == 0, tl.exp(last), 0.0)
+        xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
+        state = state * carry + tl.dot(tl.trans(xw), Bm, input_precision=DOT_PREC)  # (BP, BN)
+    if STORE_STATES:
+        tl.store(st_base + nchunks * P * N + pn_offs, state, mask=pn_mask)
+    tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)

@@ -1,0 +1,65 @@
+"""Shared test helpers: random problems for the ops and a relative-RMSE comparison."""
+from __future__ import annotations
+
+import torch
+
+
+def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float, atol_floor: float = 1e-12):
+    """Relative RMSE of out vs ref (both upcast to float64) must be <= ratio; NaNs always fail."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    out64, ref64 = out.detach().double(), ref.detach().double()
+    assert not torch.isnan(out64).any(), f"{name}: output has NaN"
+    err = (out64 - ref64).pow(2).mean().sqrt().item()
+    base = ref64.pow(2).mean().sqrt().item()
+    rel = err / max(base, atol_floor)
+    maxdiff = (out64 - ref64).abs().max().item() if out64.numel() else 0.0
+    assert rel <= ratio, f"{name}: relative RMSE {rel:.3e} > {ratio:.1e} (max abs diff {maxdiff:.3e}, ref rms {base:.3e})"
+
+
+def make_problem(b=2, l=15, h=4, p=8, g=2, n=16, dtype=torch.float64, *, D="h", z=True, dt_bias=True,
+                 init=True, seq_idx=None, device="cpu", seed=0, requires_grad=False, dt_scale=1.0):
+    """Random SSD inputs as a dict of mamba_chunk_scan_combined keyword arguments (chunk_size not included)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, dt_=None, scale=1.0):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+        return t.to(dt_ or dtype).to(device)
+
+    kw = dict(
+        x=rnd(b, l, h, p),
+        dt=rnd(b, l, h, dt_=torch.float32 if dtype != torch.float64 else torch.float64, scale=dt_scale),
+        A=-(torch.rand(h, generator=gen, dtype=torch.float64) * 3 + 0.2).to(torch.float32 if dtype != torch.float64 else dtype).to(device),
+        B=rnd(b, l, g, n),
+        C=rnd(b, l, g, n),
+    )
+    pdt = torch.float32 if dtype != torch.float64 else torch.float64
+    if D == "h":
+        kw["D"] = rnd(h, dt_=pdt)
+    elif D == "hp":
+        kw["D"] = rnd(h, p, dt_=pdt)
+    if z:
+        kw["z"] = rnd(b, l, h, p)
+    if dt_bias:
+        kw["dt_bias"] = rnd(h, dt_=pdt, scale=0.5)
+    if init:
+        kw["initial_states"] = rnd(b, h, p, n, dt_=pdt)
+    if seq_idx is not None:
+        kw["seq_idx"] = seq_idx.to(device)
+    if requires_grad:
+        for k, v in kw.items():
+            if v.is_floating_point():
+                v.requires_grad_(True)
+    return kw
+
+
+def random_seq_idx(b, l, n_resets, seed=0):
+    """(b, l) int32 segment ids with about n_resets changes per row."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(b):
+        cuts = torch.zeros(l, dtype=torch.int32)
+        if l > 1 and n_resets:
+            pos = torch.randint(1, l, (n_resets,), generator=gen)
+            cuts[pos] = 1
+        rows.append(cuts.cumsum(0).to(torch.int32))
+    return torch.stack(rows)
