@@ -20,7 +20,7 @@ import torch
 
 from .custom_op import make_ssd_op
 from .triton_bwd import ssd_bwd_kernel
-from .triton_common import dot_precision, pow2_at_least
+from .triton_common import dot_precision, pow2_at_least, upcast_dots
 from .triton_fwd import ssd_fwd_kernel
 
 __all__ = ["chunk_scan", "ssd_fwd", "ssd_bwd"]
@@ -77,7 +77,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, 
         L, h, p, n, h // g, float(dt_min), float(dt_max),
         *strides, *ys, *ss, *ds,
         HAS_INIT=init is not None, COMPUTE_Y=compute_y, STORE_STATES=not compute_y,
-        Q=q, BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype),
+        Q=q, BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype), UPCAST=upcast_dots(x.dtype),
         **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
     )
     return y, final
@@ -112,7 +112,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state
         dx, ddt, dB_h, dC_h, _or(dz, dx), dinit, dA_bh, dD_bh,
         L, h, p, n, h // g, float(dt_min), float(dt_max),
         *strides, *dy.stride(), *ss, *ds,
-        HAS_DFINAL=dfin is not None, Q=q, BP=pow2_at_least(p), BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype),
+        HAS_DFINAL=dfin is not None, Q=q, BP=pow2_at_least(p), BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype), UPCAST=upcast_dots(x.dtype),
         **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
     )
     dB = dB_h.view(b, L, g, h // g, n).sum(3) if h != g else dB_h  # (B, L, G, N)

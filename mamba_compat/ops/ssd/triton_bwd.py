@@ -22,11 +22,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import autotune_configs
+from .triton_common import autotune_configs, mm
 from .triton_fwd import chunk_resets, process_dt
 
 
-@triton.autotune(configs=autotune_configs(), key=["P", "N", "Q", "HAS_Z"])
+@triton.autotune(configs=autotune_configs(bwd=True), key=["P", "N", "Q", "HAS_Z"])
 @triton.jit
 def ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, seq_ptr, dy_ptr, dfinal_ptr, states_ptr,
@@ -42,7 +42,7 @@ def ssd_bwd_kernel(
     sDh, sDp,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DFINAL: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-    Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_bh = tl.program_id(0).to(tl.int64)
     b = pid_bh // H
@@ -96,8 +96,12 @@ def ssd_bwd_kernel(
         raw = tl.load(dt_row + t * sdl, mask=tmask, other=0.0).to(tl.float32)
         dt, dfac = process_dt(raw, dtb, dt_min, dt_max, SOFTPLUS, CLAMP)
         dt = tl.where(tmask, dt, 0.0)
-        cum = tl.cumsum(dt * A, 0)
-        last = tl.sum(tl.where(offs_q == Q - 1, cum, 0.0), 0)
+        # chunk-local cumsum, differenced in fp64: no cancellation when |dt*A| is large
+        cum64 = tl.cumsum((dt * A).to(tl.float64), 0)  # (Q,)
+        last64 = tl.sum(tl.where(offs_q == Q - 1, cum64, 0.0), 0)
+        cum = cum64.to(tl.float32)
+        to_last = (last64 - cum64).to(tl.float32)  # (Q,) decay exponent from each step to the chunk end
+        last = last64.to(tl.float32)
         r = chunk_resets(seq_row, t, tmask, ssl, Q, HAS_SEQ)
         r_last = tl.max(r, 0)
 
@@ -107,18 +111,18 @@ def ssd_bwd_kernel(
         dy = tl.load(dy_row + t[:, None] * syl + offs_p[None, :] * syp, mask=qp_mask, other=0.0).to(tl.float32)
         xf = x.to(tl.float32)
 
-        CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)  # (Q, Q)
+        CB = mm(Cm, tl.trans(Bm), DOT_PREC, UPCAST)  # (Q, Q)
         causal = (offs_q[:, None] >= offs_q[None, :]) & (r[:, None] == r[None, :])
-        Lm = tl.exp(tl.where(causal, cum[:, None] - cum[None, :], float("-inf")))  # (Q, Q)
+        Lm = tl.exp(tl.where(causal, (cum64[:, None] - cum64[None, :]).to(tl.float32), float("-inf")))  # (Q, Q)
         ein = tl.where(r == 0, tl.exp(cum), 0.0)  # (Q,) weight of the carried-in state
-        w = tl.where(r == r_last, tl.exp(last - cum), 0.0)  # (Q,) weight of each step in the outgoing state
+        w = tl.where(r == r_last, tl.exp(to_last), 0.0)  # (Q,) weight of each step in the outgoing state
         CBL = CB * Lm
 
         if HAS_Z:
             zz = tl.load(z_row + t[:, None] * szl + offs_p[None, :] * szp, mask=qp_mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zz)
-            ypre = tl.dot((CBL * dt[None, :]).to(x.dtype), x, input_precision=DOT_PREC)
-            ypre += ein[:, None] * tl.dot(Cm, tl.trans(S_prev.to(Cm.dtype)), input_precision=DOT_PREC)
+            ypre = mm((CBL * dt[None, :]).to(x.dtype), x, DOT_PREC, UPCAST)
+            ypre += ein[:, None] * mm(Cm, tl.trans(S_prev.to(Cm.dtype)), DOT_PREC, UPCAST)
             if HAS_D:
                 ypre += xf * Dv[None, :]
             dzv = dy * ypre * sig * (1.0 + zz * (1.0 - sig))
@@ -128,30 +132,31 @@ def ssd_bwd_kernel(
             dyz = dy
         dyc = dyz.to(x.dtype)
 
-        dYX = tl.dot(dyc, tl.trans(x), input_precision=DOT_PREC)  # (Q, Q): dyz_i . x_j
+        dYX = mm(dyc, tl.trans(x), DOT_PREC, UPCAST)  # (Q, Q): dyz_i . x_j
         dYXL = dYX * Lm
         M = dYXL * CB * dt[None, :]
         dc = tl.sum(M, 1) - tl.sum(M, 0)
 
-        dyS = tl.dot(dyc, S_prev.to(x.dtype), input_precision=DOT_PREC) * ein[:, None]  # (Q, BN)
-        dCv = tl.dot((dYXL * dt[None, :]).to(x.dtype), Bm, input_precision=DOT_PREC) + dyS
+        dyS = mm(dyc, S_prev.to(x.dtype), DOT_PREC, UPCAST) * ein[:, None]  # (Q, BN)
+        dCv = mm((dYXL * dt[None, :]).to(x.dtype), Bm, DOT_PREC, UPCAST) + dyS
         dc += tl.sum(Cm.to(tl.float32) * dyS, 1)
 
         dSc = dS.to(x.dtype)
-        xdS = tl.dot(x, dSc, input_precision=DOT_PREC)  # (Q, BN)
-        dBv = tl.dot(tl.trans(dYXL.to(x.dtype)), Cm, input_precision=DOT_PREC) * dt[:, None] \
+        xdS = mm(x, dSc, DOT_PREC, UPCAST)  # (Q, BN)
+        dBv = mm(tl.trans(dYXL.to(x.dtype)), Cm, DOT_PREC, UPCAST) * dt[:, None] \
             + (w * dt)[:, None] * xdS
         dc -= tl.sum(xdS * Bm.to(tl.float32), 1) * w * dt
         dc += tl.where(offs_q == Q - 1, tl.sum(tl.sum(dS * S_next, 1), 0), 0.0)
 
-        dxr = tl.dot(tl.trans(CBL.to(x.dtype)), dyc, input_precision=DOT_PREC)  # (Q, BP)
-        dxr += w[:, None] * tl.dot(Bm, tl.trans(dSc), input_precision=DOT_PREC)
+        dxr = mm(tl.trans(CBL.to(x.dtype)), dyc, DOT_PREC, UPCAST)  # (Q, BP)
+        dxr += w[:, None] * mm(Bm, tl.trans(dSc), DOT_PREC, UPCAST)
         dxv = dxr * dt[:, None]
         if HAS_D:
             dxv += dyz * Dv[None, :]
             dD_acc += tl.sum(dyz * xf, 0)
         ddt_direct = tl.sum(xf * dxr, 1)
-        da = tl.sum(dc, 0) - tl.cumsum(dc, 0) + dc  # reverse cumsum: da_k = sum_{i >= k} dc_i
+        dc64 = dc.to(tl.float64)
+        da = (tl.sum(dc64, 0) - tl.cumsum(dc64, 0) + dc64).to(tl.float32)  # reverse cumsum: sum_{i >= k} dc_i
         ddt = (ddt_direct + A * da) * dfac
         dA_acc += tl.sum(da * dt, 0)
 
@@ -162,7 +167,7 @@ def ssd_bwd_kernel(
 
         carry = tl.where(r_last == 0, tl.exp(last), 0.0)
         dyin = (dyz * ein[:, None]).to(x.dtype)
-        dS = dS * carry + tl.dot(tl.trans(dyin), Cm, input_precision=DOT_PREC)  # (BP, BN)
+        dS = dS * carry + mm(tl.trans(dyin), Cm, DOT_PREC, UPCAST)  # (BP, BN)
         S_next = S_prev
     tl.store(dinit_ptr + pid_bh * P * N + pn_offs, dS, mask=pn_mask)
     tl.store(dA_ptr + pid_bh, dA_acc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import triton
+import triton.language as tl
 
 
 def interpreting() -> bool:
@@ -11,18 +12,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def autotune_configs(bp: bool = False, decode: bool = False) -> list:
-    """Configs to autotune over. One config under the interpreter: multi-config autotune needs a GPU.
+def autotune_configs(bp: bool = False, decode: bool = False, bwd: bool = False) -> list:
+    """Configs to autotune over. One config under the interpreter (multi-config autotune needs a GPU) and
+    when MAMBA_COMPAT_TRITON_AUTOTUNE=0 (fast first calls, e.g. in tests).
 
     bp: also tune BP (the head-dim block of the forward / state pass).
     """
-    if interpreting():
-        return [triton.Config({"BP": 16} if bp else {}, num_warps=4, num_stages=1)]
-    out = []
+    single = interpreting() or os.environ.get("MAMBA_COMPAT_TRITON_AUTOTUNE", "1") == "0"
     if decode:
-        for w in (2, 4, 8):
-            out.append(triton.Config({}, num_warps=w, num_stages=1))
-        return out
+        ws = (4,) if single else (2, 4, 8)
+        return [triton.Config({}, num_warps=w, num_stages=1) for w in ws]
+    if single:
+        warps = 4 if (interpreting() or not bwd) else 8
+        return [triton.Config({"BP": 16 if interpreting() else 32} if bp else {}, num_warps=warps, num_stages=1)]
+    out = []
     for bpv in ((32, 64) if bp else (None,)):
         for w in (4, 8):
             for s in (1, 2, 3):
@@ -42,3 +45,21 @@ def dot_precision(dtype) -> str:
     if dtype == torch.float64 or interpreting():
         return "ieee"
     return os.environ.get("MAMBA_COMPAT_TRITON_FP32", "tf32")
+
+
+def upcast_dots(dtype) -> bool:
+    """The Triton 3.7.1 interpreter multiplies bf16 tl.dot operands wrongly (seen: errors ~1e10); under
+    the interpreter bf16 operands are upcast to fp32 (after the same bf16 rounding the GPU path does)."""
+    import torch
+
+    return interpreting() and dtype == torch.bfloat16
+
+
+@triton.jit
+def mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot with fp32 accumulation; UPCAST multiplies in fp32 (interpreter workaround, see upcast_dots)."""
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=PREC)
+    return c

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import autotune_configs
+from .triton_common import autotune_configs, mm
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def ssd_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
     COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
-    Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, BP: tl.constexpr,
+    Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -112,8 +112,12 @@ def ssd_fwd_kernel(
         raw = tl.load(dt_row + t * sdl, mask=tmask, other=0.0).to(tl.float32)
         dt, _ = process_dt(raw, dtb, dt_min, dt_max, SOFTPLUS, CLAMP)
         dt = tl.where(tmask, dt, 0.0)  # padded steps: no decay, no input
-        cum = tl.cumsum(dt * A, 0)  # (Q,)
-        last = tl.sum(tl.where(offs_q == Q - 1, cum, 0.0), 0)
+        # chunk-local cumsum, differenced in fp64: no cancellation when |dt*A| is large
+        cum64 = tl.cumsum((dt * A).to(tl.float64), 0)  # (Q,)
+        last64 = tl.sum(tl.where(offs_q == Q - 1, cum64, 0.0), 0)
+        cum = cum64.to(tl.float32)
+        to_last = (last64 - cum64).to(tl.float32)  # (Q,) decay exponent from each step to the chunk end
+        last = last64.to(tl.float32)
         r = chunk_resets(seq_row, t, tmask, ssl, Q, HAS_SEQ)
         r_last = tl.max(r, 0)
 
@@ -124,13 +128,13 @@ def ssd_fwd_kernel(
         if COMPUTE_Y:
             Cm = tl.load(C_row + t[:, None] * sCl + offs_n[None, :] * sCn, mask=tmask[:, None] & nmask[None, :],
                          other=0.0)  # (Q, BN)
-            CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)  # (Q, Q)
+            CB = mm(Cm, tl.trans(Bm), DOT_PREC, UPCAST)  # (Q, Q)
             causal = (offs_q[:, None] >= offs_q[None, :]) & (r[:, None] == r[None, :])
-            seg = tl.where(causal, cum[:, None] - cum[None, :], float("-inf"))
+            seg = tl.where(causal, (cum64[:, None] - cum64[None, :]).to(tl.float32), float("-inf"))
             W = CB * tl.exp(seg) * dt[None, :]
-            y = tl.dot(W.to(x.dtype), x, input_precision=DOT_PREC)  # (Q, BP)
+            y = mm(W.to(x.dtype), x, DOT_PREC, UPCAST)  # (Q, BP)
             ein = tl.where(r == 0, tl.exp(cum), 0.0)
-            cs = tl.dot(Cm, tl.trans(state.to(Cm.dtype)), input_precision=DOT_PREC)  # (Q, BP)
+            cs = mm(Cm, tl.trans(state.to(Cm.dtype)), DOT_PREC, UPCAST)  # (Q, BP)
             y += cs * ein[:, None]
             if HAS_D:
                 y += x.to(tl.float32) * Dv[None, :]
@@ -140,10 +144,10 @@ def ssd_fwd_kernel(
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_row + t[:, None] * syl + offs_p[None, :] * syp, y.to(y_ptr.dtype.element_ty),
                      mask=tmask[:, None] & pmask[None, :])
-        w = tl.where(r == r_last, tl.exp(last - cum) * dt, 0.0)  # (Q,) weight of each step in the chunk's state
+        w = tl.where(r == r_last, tl.exp(to_last) * dt, 0.0)  # (Q,) weight of each step in the chunk's state
         carry = tl.where(r_last == 0, tl.exp(last), 0.0)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
-        state = state * carry + tl.dot(tl.trans(xw), Bm, input_precision=DOT_PREC)  # (BP, BN)
+        state = state * carry + mm(tl.trans(xw), Bm, DOT_PREC, UPCAST)  # (BP, BN)
     if STORE_STATES:
         tl.store(st_base + nchunks * P * N + pn_offs, state, mask=pn_mask)
     tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)

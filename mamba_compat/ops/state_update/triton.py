@@ -46,14 +46,14 @@ def state_update_kernel(
     offs_n = tl.arange(0, BN)
     pmask = offs_p < P
     nmask = offs_n < N
+    smask = pmask[:, None] & nmask[None, :]
     if HAS_IDX:
         row = tl.load(idx_ptr + pid_b).to(tl.int64)
-        valid = row >= 0
+        valid = row >= 0  # a negative index is a pad slot
         row = tl.maximum(row, 0)
+        smask = smask & valid
     else:
         row = pid_b
-        valid = True
-    smask = pmask[:, None] & nmask[None, :] & valid
     s_ptrs = state_ptr + row * sSb + h * sSh + offs_p[:, None] * sSp + offs_n[None, :] * sSn
     s = tl.load(s_ptrs, mask=smask, other=0.0).to(tl.float32)  # (BP, BN)
 
@@ -76,7 +76,8 @@ def state_update_kernel(
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * szb + h * szh + offs_p * szp, mask=pmask, other=0.0).to(tl.float32)
         out = out * zz * tl.sigmoid(zz)
-    out = tl.where(valid, out, 0.0)
+    if HAS_IDX:
+        out = tl.where(valid, out, 0.0)
     tl.store(out_ptr + pid_b * sob + h * soh + offs_p * sop, out.to(out_ptr.dtype.element_ty), mask=pmask)
 
 
