@@ -26,14 +26,25 @@ def get_extensions():
         print("mamba-compat: this torch has no MPS support; skipping the Metal extension")
         return [], {}
     debug = os.environ.get("DEBUG", "0") == "1"
-    sources = [os.path.join("csrc", "metal", f) for f in sorted(os.listdir(os.path.join(ROOT, "csrc", "metal")))
-               if f.endswith(".mm")]
+    metal_dir = os.path.join(ROOT, "csrc", "metal")
+    sources = [os.path.join("csrc", "metal", f) for f in sorted(os.listdir(metal_dir)) if f.endswith(".mm")]
     if not sources:
         return [], {}
+    # The MSL source is embedded as string literals (csrc/metal/embed_msl.py) and compiled at load time with
+    # newLibraryWithSource: no Metal toolchain beyond the Xcode command-line tools' clang is needed.
+    sys.path.insert(0, metal_dir)
+    try:
+        from embed_msl import write_header
+    finally:
+        sys.path.pop(0)
+    gen_dir = os.path.join(ROOT, "build", "mamba_compat_metal_generated")
+    write_header(os.path.join(gen_dir, "msl_source.h"))
     ext = CppExtension(
         name="mamba_compat._metal",
         sources=sources,
-        extra_compile_args={"cxx": ["-std=c++17", "-ObjC++", "-fobjc-arc"] + (["-O0", "-g"] if debug else ["-O3"])},
+        include_dirs=[metal_dir, gen_dir],
+        # no -std flag: BuildExtension adds the C++ standard the installed torch's headers need
+        extra_compile_args={"cxx": ["-ObjC++", "-fobjc-arc"] + (["-O0", "-g"] if debug else ["-O3"])},
         extra_link_args=["-framework", "Metal", "-framework", "Foundation"],
     )
     return [ext], {"build_ext": BuildExtension}

@@ -71,7 +71,7 @@ def metal_status(device: torch.device) -> tuple[bool, str]:
     try:
         importlib.import_module("mamba_compat._metal")
     except ImportError as e:
-        return False, (f"the Metal extension is not built ({e}); on macOS run "
+        return False, (f"the Metal extension is not available ({e}); on an Apple-silicon Mac run "
                        "`pip install -e . --no-build-isolation` with Xcode command-line tools installed")
     return True, "ok"
 
