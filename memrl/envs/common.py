@@ -1,0 +1,33 @@
+"""Helpers shared by the batched memory envs (TMaze, RepeatFirst): argument and action checks."""
+from __future__ import annotations
+
+import torch
+
+
+def check_positive(name: str, value, minimum: int, why: str = "") -> int:
+    """`int(value)` if it is an integer >= minimum, else ValueError naming the argument."""
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative(name: str, value) -> float:
+    """`float(value)` if it is a finite number >= 0, else ValueError naming the argument."""
+    v = float(value)
+    if not (v >= 0 and v != float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_actions(actions, num_envs: int, device: torch.device) -> torch.Tensor:
+    """Actions as a (num_envs,) int64 tensor on `device`; ValueError for another shape or a float/complex dtype.
+
+    The range is not checked (that would sync the device every step): an out-of-range action simply
+    never equals the correct answer and earns nothing.
+    """
+    actions = torch.as_tensor(actions, device=device)
+    if actions.shape != (num_envs,) or actions.is_floating_point() or actions.is_complex() \
+            or actions.dtype == torch.bool:
+        raise ValueError(f"actions must be an integer tensor of shape ({num_envs},), "
+                         f"got {tuple(actions.shape)} {actions.dtype}")
+    return actions.long()
