@@ -4,7 +4,7 @@ Layouts follow mamba_ssm: activations x are (B, L, C); the conv window `conv_sta
 W = d_conv and its last column the most recent input (what `Mamba2.step` keeps). Segments: `seg`
 (B, L) holds non-decreasing segment ids, and the inputs held in `conv_state` count as segment 0. The
 output at t only sees inputs of its own segment, so nothing mixes across a sequence boundary or reset.
-Arithmetic is fp32 whatever the input dtype.
+Arithmetic is fp32 (fp64 for fp64 inputs) whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -50,26 +50,29 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         prefix = conv_state[:, :, 1:].transpose(1, 2).to(x.dtype)  # (B, W-1, C)
     xp = torch.cat([prefix, x], dim=1)  # (B, W-1+L, C)
     segp = None if seg is None else F.pad(seg, (w - 1, 0))  # (B, W-1+L), the window is segment 0
-    wf = weight.float()
-    acc = None
-    for k in range(w):  # tap k sees the input W-1-k steps back
-        tap = xp[:, k:k + seqlen].float()  # (B, L, C)
-        if segp is not None and k < w - 1:
-            tap = tap * (segp[:, k:k + seqlen] == seg).unsqueeze(-1)
-        acc = tap * wf[:, k] if acc is None else acc + tap * wf[:, k]
+    cdt = torch.promote_types(x.dtype, torch.float32)  # compute dtype
+    wf = weight.to(cdt)
+    acc = x.to(cdt) * wf[:, w - 1]  # (B, L, C): the current input, always in its own segment
     if bias is not None:
-        acc = acc + bias.float()
+        acc.add_(bias.to(cdt))
+    for k in range(w - 1):  # tap k sees the input W-1-k steps back
+        tap = xp[:, k:k + seqlen].to(cdt)  # (B, L, C)
+        if segp is not None:
+            tap = tap * (segp[:, k:k + seqlen] == seg).unsqueeze(-1).to(cdt)
+        acc.addcmul_(tap, wf[:, k])
     return acc.to(x.dtype)
 
 
 def conv_state_after(x: torch.Tensor, conv_state: Optional[torch.Tensor], width: int,
                      seg: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The window after the last token: x (B, L, C), conv_state (B, C, W) or None, seg (B, L) or None ->
-    (B, C, W) in x.dtype (a transposed view of a (B, W, C) tensor, the layout upstream allocates), with
-    inputs from before the last segment's start zeroed."""
+    (B, C, W) in x.dtype, a new tensor (a transposed view of a (B, W, C) tensor, the layout upstream
+    allocates), with inputs from before the last segment's start zeroed."""
     b, seqlen, c = x.shape
     if seqlen >= width:
         tail = x[:, seqlen - width:]  # (B, W, C)
+        if seg is None:  # a fresh tensor, never a view of x: callers may edit the window in place
+            tail = tail.clone(memory_format=torch.contiguous_format)
     else:
         prev = x.new_zeros(b, width, c) if conv_state is None else conv_state.transpose(1, 2).to(x.dtype)
         tail = torch.cat([prev, x], dim=1)[:, -width:]  # (B, W, C)
@@ -84,7 +87,8 @@ def conv_step(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
     """One decode step: shift x (B, C) into conv_state (B, C, W) in place, return the conv output (B, C)
     in x.dtype (no activation)."""
     conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
-    out = (conv_state.float() * weight.float()).sum(-1)  # (B, C)
+    cdt = torch.promote_types(x.dtype, torch.float32)
+    out = (conv_state.to(cdt) * weight.to(cdt)).sum(-1)  # (B, C)
     if bias is not None:
-        out = out + bias.float()
+        out = out + bias.to(cdt)
     return out.to(x.dtype)

@@ -26,6 +26,11 @@ from .rmsnorm_gated import RMSNormGated
 _INF = float("inf")
 
 
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """t in fp32, or fp64 if it is fp64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class Mamba2(nn.Module):
     """Mamba-2 mixer. Arguments, defaults and parameter names/shapes as mamba_ssm.Mamba2:
     in_proj.weight (d_in_proj, d_model) [+ bias], conv1d.weight (conv_dim, 1, d_conv), conv1d.bias (conv_dim,),
@@ -101,6 +106,14 @@ class Mamba2(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # sequence path
 
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) (nheads,) in fp32 (fp64 for fp64 parameters): in fp16, exp could overflow."""
+        return -torch.exp(_up(self.A_log))
+
+    def _state_dtype(self) -> torch.dtype:
+        """SSM states are float32 (float64 for a float64 model), whatever the parameters' dtype."""
+        return torch.float64 if self.in_proj.weight.dtype == torch.float64 else torch.float32
+
     def _D(self) -> torch.Tensor:
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D  # (H, P) or (H,)
 
@@ -117,7 +130,7 @@ class Mamba2(nn.Module):
         xBC = F.silu(causal_conv1d(xBC, weight, self.conv1d.bias, conv_state, seg))  # (B, L, conv_dim)
         x, B, C = torch.split(xBC, [self.d_ssm, g * n, g * n], dim=-1)
         y, final = mamba_chunk_scan_combined(
-            x.unflatten(-1, (h, p)), dt, -torch.exp(self.A_log.float()), B.unflatten(-1, (g, n)),
+            x.unflatten(-1, (h, p)), dt, self._A(), B.unflatten(-1, (g, n)),
             C.unflatten(-1, (g, n)), self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else z.unflatten(-1, (h, p)), dt_bias=self.dt_bias,
             initial_states=initial_states, seq_idx=seg, dt_softplus=True, dt_limit=self.dt_limit,
@@ -127,6 +140,8 @@ class Mamba2(nn.Module):
             y = self.norm(y, z)
         if self.d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)  # (B, L, d_inner)
+        if want_states and final.requires_grad:  # a fresh tensor: callers may edit the state in place
+            final = final.clone()
         return self.out_proj(y), new_conv, (final if want_states else None)
 
     def forward(self, u, seqlen=None, seq_idx=None, cu_seqlens=None, inference_params=None):
@@ -135,8 +150,8 @@ class Mamba2(nn.Module):
         seq_idx: (batch, seqlen) int; where it changes a new sequence starts (no state and no conv window
         crosses it). cu_seqlens: (S+1,) boundaries of packed sequences, batch 1 only (turned into seq_idx).
         inference_params: object with key_value_memory_dict and seqlen_offset (mamba_ssm's InferenceParams):
-        seqlen_offset == 0 fills this layer's cache from the prompt; > 0 continues from it (via `step` for
-        one token).
+        seqlen_offset == 0 fills this layer's cache from the prompt (with seq_idx, the cached conv window
+        holds only the last sequence's inputs); > 0 continues from it (via `step` for one token).
         """
         seqlen_og = seqlen
         if seqlen is None:
@@ -167,7 +182,7 @@ class Mamba2(nn.Module):
                 if seqlen == 1 and seg is None:
                     out = self.step(u, conv_state, ssm_state)[0]
                 else:
-                    out, new_conv, new_ssm = self._mix(u, conv_state, ssm_state.float(), seg, want_states=True)
+                    out, new_conv, new_ssm = self._mix(u, conv_state, _up(ssm_state), seg, want_states=True)
                     conv_state.copy_(new_conv)
                     ssm_state.copy_(new_ssm)
             else:
@@ -203,17 +218,39 @@ class Mamba2(nn.Module):
         if ssm_state is not None and tuple(ssm_state.shape) != (b, self.nheads, self.headdim, self.d_state):
             raise ValueError(f"ssm_state must be (batch, nheads, headdim, d_state) = "
                              f"{(b, self.nheads, self.headdim, self.d_state)}, got {tuple(ssm_state.shape)}")
-        seg = None
-        init = None if ssm_state is None else ssm_state.float()
         if reset is not None:
             if not isinstance(reset, torch.Tensor) or tuple(reset.shape) != (b, seqlen):
                 raise ValueError(f"reset must be a (batch, seqlen) = {(b, seqlen)} bool tensor, got "
                                  f"{tuple(reset.shape) if isinstance(reset, torch.Tensor) else type(reset).__name__}")
             reset = reset.bool()
+        if seqlen == 1 and not (torch.is_grad_enabled() and self._any_requires_grad(u, conv_state, ssm_state)):
+            return self._decode_one(u, conv_state, ssm_state, reset)
+        seg = None
+        init = None if ssm_state is None else _up(ssm_state)
+        if reset is not None:
             seg = segments_from_reset(reset)  # (B, L); the carried window is segment 0
             if init is not None:
                 init = init * (~reset[:, 0]).to(init.dtype)[:, None, None, None]
         return self._mix(u, conv_state, init, seg, want_states=True)
+
+    def _any_requires_grad(self, *tensors) -> bool:
+        return any(t is not None and t.requires_grad for t in tensors) or any(
+            p.requires_grad for p in self.parameters())
+
+    def _decode_one(self, u, conv_state, ssm_state, reset):
+        """forward_with_state for L == 1 without autograd: `step` (the decode op) on fresh copies of the states."""
+        b = u.shape[0]
+        if conv_state is None:
+            conv = torch.zeros(b, self.d_conv, self.conv_dim, device=u.device, dtype=u.dtype).transpose(1, 2)
+        else:
+            conv = conv_state.to(u.dtype, copy=True)
+        ssm = (torch.zeros(b, self.nheads, self.headdim, self.d_state, device=u.device, dtype=torch.float32)
+               if ssm_state is None else _up(ssm_state).clone())
+        if reset is not None:
+            keep = ~reset[:, 0]  # (B,)
+            conv.mul_(keep[:, None, None].to(conv.dtype))
+            ssm.mul_(keep[:, None, None, None].to(ssm.dtype))
+        return self.step(u, conv, ssm)
 
     # ----------------------------------------------------------------------------------------------------------
     # decode path
@@ -231,9 +268,9 @@ class Mamba2(nn.Module):
         xBC = F.silu(conv_step(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias)).to(dtype)
         x, B, C = torch.split(xBC, [self.d_ssm, g * n, g * n], dim=-1)
         b = x.shape[0]
-        A = -torch.exp(self.A_log.float())  # (H,)
+        A = self._A()  # (H,)
         if self.dt_limit != (0.0, _INF):  # process dt here so that the clamp applies, as in forward
-            dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
+            dt = F.softplus(_up(dt) + _up(self.dt_bias)).clamp(*self.dt_limit)
             dt_bias, softplus = None, False
         else:
             dt_bias, softplus = self.dt_bias[:, None].expand(h, p), True
@@ -251,17 +288,18 @@ class Mamba2(nn.Module):
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """-> conv_state (batch_size, conv_dim, d_conv) (a transposed view, as upstream) in the conv weight's
-        dtype, ssm_state (batch_size, nheads, headdim, d_state) in in_proj's dtype; `dtype` overrides both."""
+        dtype, ssm_state (batch_size, nheads, headdim, d_state) in float32 (upstream: in_proj's dtype; fp32
+        keeps bf16/fp16 models' decode as accurate as their forward); `dtype` overrides both, as upstream."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.d_conv, self.conv_dim, device=device, dtype=conv_dtype).transpose(1, 2)
-        ssm_dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        ssm_dtype = self._state_dtype() if dtype is None else dtype
         ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype)
         return conv_state, ssm_state
 
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
         """This layer's (conv_state, ssm_state) in inference_params.key_value_memory_dict[layer_idx],
-        allocated (zeros) on first use."""
+        allocated (zeros, dtypes as allocate_inference_cache's) on first use."""
         if self.layer_idx is None:
             raise ValueError("inference_params needs the layer's layer_idx: construct Mamba2(..., layer_idx=i)")
         cache = inference_params.key_value_memory_dict
@@ -269,7 +307,7 @@ class Mamba2(nn.Module):
             conv_state = torch.zeros(batch_size, self.d_conv, self.conv_dim, device=self.conv1d.weight.device,
                                      dtype=self.conv1d.weight.dtype).transpose(1, 2)
             ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state,
-                                    device=self.in_proj.weight.device, dtype=self.in_proj.weight.dtype)
+                                    device=self.in_proj.weight.device, dtype=self._state_dtype())
             cache[self.layer_idx] = (conv_state, ssm_state)
         else:
             conv_state, ssm_state = cache[self.layer_idx]

@@ -1,5 +1,5 @@
 """Grouped, gated RMSNorm as used by Mamba-2 (same parameters and semantics as mamba_ssm's RMSNorm in
-ops/triton/layernorm_gated.py), in plain PyTorch with fp32 arithmetic.
+ops/triton/layernorm_gated.py), in plain PyTorch with fp32 arithmetic (fp64 for fp64 inputs).
 
     norm_before_gate=True:   out = rmsnorm(x) * silu(z)
     norm_before_gate=False:  out = rmsnorm(x * silu(z))
@@ -21,14 +21,15 @@ def rmsnorm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
     gs = d if group_size is None else group_size
     if d % gs != 0:
         raise ValueError(f"x's last dim {d} (shape {tuple(x.shape)}) must be a multiple of group_size {gs}")
-    xf = x.float()
+    cdt = torch.promote_types(x.dtype, torch.float32)  # compute dtype
+    xf = x.to(cdt)
     if z is not None and not norm_before_gate:
-        xf = xf * F.silu(z.float())
+        xf = xf * F.silu(z.to(cdt))
     xg = xf.unflatten(-1, (d // gs, gs))  # (..., groups, group_size)
     xg = xg * torch.rsqrt(xg.square().mean(dim=-1, keepdim=True) + eps)
-    out = xg.flatten(-2) * weight.float()  # (..., D)
+    out = xg.flatten(-2) * weight.to(cdt)  # (..., D)
     if z is not None and norm_before_gate:
-        out = out * F.silu(z.float())
+        out = out * F.silu(z.to(cdt))
     return out.to(x.dtype)
 
 

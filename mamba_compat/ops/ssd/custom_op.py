@@ -28,14 +28,14 @@ def make_ssd_op(name: str, fwd: Callable, bwd: Callable, device_types=None):
                dt_min: float, dt_max: float) -> tuple[Tensor, Tensor]:
         y, final = fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
                        dt_min, dt_max)
-        return y, final
+        return y.contiguous(), final.contiguous()  # the fake kernels promise contiguous outputs
 
     @fwd_op.register_fake
     def _fwd_fake(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max):
         b, _, h, p = x.shape
         n = B.shape[-1]
         state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return torch.empty_like(x), x.new_empty((b, h, p, n), dtype=state_dtype)
+        return x.new_empty(x.shape), x.new_empty((b, h, p, n), dtype=state_dtype)
 
     @torch.library.custom_op(qual_bwd, mutates_args=(), device_types=device_types)
     def bwd_op(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -58,7 +58,7 @@ def make_ssd_op(name: str, fwd: Callable, bwd: Callable, device_types=None):
     def _bwd_fake(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
                   dt_min, dt_max):
         likes = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-        return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in likes)
+        return tuple(x.new_empty(0) if t is None else t.new_empty(t.shape) for t in likes)
 
     def setup_context(ctx, inputs, output):
         (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max) = inputs
