@@ -1,8 +1,9 @@
 """The `triton` SSD backend: our own Triton kernels, registered as torch.library custom ops.
 
 Forward: one launch (triton_fwd.ssd_fwd_kernel), the inter-chunk recurrence carried in registers.
-Backward: two launches (a state pass that stores the state entering each chunk, then a reverse sweep
-that carries the state gradient; triton_bwd) plus small PyTorch sums over heads / batch.
+Backward: three launches (a state pass storing the state entering each chunk, a reverse pass storing the
+gradient on each of them, both light and sequential over chunks, then one chunk-parallel kernel for
+every input gradient; triton_bwd) plus small PyTorch sums over heads / batch / chunks.
 Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests).
 
     chunk_scan(x (B, L, H, P), dt (B, L, H), A (H,), B/C (B, L, G, N), chunk_size, D (H,)|(H, P), z like x,
@@ -19,19 +20,19 @@ import math
 import torch
 
 from .custom_op import make_ssd_op
-from .triton_bwd import ssd_bwd_kernel
-from .triton_common import dot_precision, pow2_at_least, upcast_dots
+from .triton_bwd import ssd_bwd_kernel, ssd_dstate_kernel
+from .triton_common import dot_precision, env_int, pow2_at_least, upcast_dots
 from .triton_fwd import ssd_fwd_kernel
 
 __all__ = ["chunk_scan", "ssd_fwd", "ssd_bwd"]
 
-MAX_Q = 64
 
-
-def kernel_chunk(chunk_size: int, seqlen: int) -> int:
-    """The chunk length the kernels use: a power of two in [16, MAX_Q], <= chunk_size where possible."""
+def kernel_chunk(chunk_size: int, seqlen: int, backward: bool = False) -> int:
+    """The chunk length the kernels use: a power of two in [16, cap], <= chunk_size where possible.
+    cap: 64 (MAMBA_COMPAT_TRITON_QFWD / _QBWD override it for tuning)."""
+    cap = env_int("MAMBA_COMPAT_TRITON_QBWD" if backward else "MAMBA_COMPAT_TRITON_QFWD", 64)
     q = 1 << (max(int(chunk_size), 1).bit_length() - 1)  # largest power of two <= chunk_size
-    q = min(q, MAX_Q, pow2_at_least(seqlen))
+    q = min(q, cap, pow2_at_least(seqlen))
     return max(q, 16)
 
 
@@ -56,11 +57,12 @@ def _common_args(x, dt, B, C, D, z, seq_idx):
 
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
             states=None):
-    """Forward launch. With `states` (B*H, nchunks + 1, P, N) fp32 given, run the state pass instead
-    (no y; the state entering each chunk and the final one are written there). Returns (y or None, final)."""
+    """Forward launch. With `states` (B*H, nchunks + 1, P, N) given (fp32, or x.dtype for 16-bit x), run the
+    state pass instead: no y; the state entering each chunk and the final one are written there.
+    Returns (y (B, L, H, P) or None, final_states (B, H, P, N) fp32)."""
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    q = kernel_chunk(chunk_size, L)
+    q = kernel_chunk(chunk_size, L, backward=states is not None)
     A = A.contiguous()
     dt_bias = dt_bias.contiguous() if dt_bias is not None else None
     init = initial_states.contiguous() if initial_states is not None else None
@@ -77,8 +79,8 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, 
         L, h, p, n, h // g, float(dt_min), float(dt_max),
         *strides, *ys, *ss, *ds,
         HAS_INIT=init is not None, COMPUTE_Y=compute_y, STORE_STATES=not compute_y,
-        Q=q, BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype), UPCAST=upcast_dots(x.dtype),
-        **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
+        Q=q, BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype, backward=states is not None),
+        UPCAST=upcast_dots(x.dtype), **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
     )
     return y, final
 
@@ -88,39 +90,59 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states); None where the input is None."""
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    q = kernel_chunk(chunk_size, L)
+    q = kernel_chunk(chunk_size, L, backward=True)
     nchunks = -(-L // q)
     dev = x.device
-    states = torch.empty((b * h, nchunks + 1, p, n), dtype=torch.float32, device=dev)
+    A = A.contiguous()  # the kernels index A and dt_bias by head
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
+    half = x.dtype in (torch.bfloat16, torch.float16)
+    # chunk-entry states: in the input dtype for 16-bit inputs (the reverse sweep multiplies them in it anyway)
+    states = torch.empty((b * h, nchunks + 1, p, n), dtype=x.dtype if half else torch.float32, device=dev)
+    # 1. states entering each chunk (sequential, light)
     ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
             states=states)
 
     dy = dy.contiguous() if dy.stride(-1) != 1 else dy
+    dfin = dfinal.contiguous() if dfinal is not None else None
+    flags = _flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max)
+    zs = z.stride() if z is not None else (0, 0, 0, 0)
+    ss = seq_idx.stride() if seq_idx is not None else (0, 0)
+    # 2. state gradients entering each chunk (sequential, light)
+    dstates = torch.empty_like(states)
+    dinit = torch.empty((b, h, p, n), dtype=torch.float32, device=dev)
+    ssd_dstate_kernel[lambda meta: (triton_cdiv(p, meta["BP"]), b * h)](
+        dt, A, C, _or(z, dy), _or(dt_bias, dy), _or(seq_idx, dy), dy, _or(dfin, dinit), dstates, dinit,
+        L, h, p, n, h // g, float(dt_min), float(dt_max),
+        *dt.stride(), *C.stride(), *zs, *dy.stride(), *ss,
+        HAS_Z=flags["HAS_Z"], HAS_DTB=flags["HAS_DTB"], HAS_DFINAL=dfin is not None, HAS_SEQ=flags["HAS_SEQ"],
+        SOFTPLUS=flags["SOFTPLUS"], CLAMP=flags["CLAMP"], Q=q, BN=pow2_at_least(n),
+        DOT_PREC=dot_precision(x.dtype, backward=True), UPCAST=upcast_dots(x.dtype),
+    )
+    # 3. every gradient, one program per (chunk, batch*head)
     dx = torch.empty((b, L, h, p), dtype=x.dtype, device=dev)
     ddt = torch.empty((b, L, h), dtype=torch.float32, device=dev)
-    dB_h = torch.empty((b, L, h, n), dtype=torch.float32, device=dev)  # per head, summed over the group below
-    dC_h = torch.empty((b, L, h, n), dtype=torch.float32, device=dev)
+    # per head, summed over the group below; bf16 partials for bf16 inputs (fp16 could overflow)
+    part = torch.bfloat16 if (x.dtype == torch.bfloat16 and h != g) else torch.float32
+    dB_h = torch.empty((b, L, h, n), dtype=part, device=dev)
+    dC_h = torch.empty((b, L, h, n), dtype=part, device=dev)
     dz = torch.empty((b, L, h, p), dtype=z.dtype, device=dev) if z is not None else None
-    dinit = torch.empty((b, h, p, n), dtype=torch.float32, device=dev)
-    dA_bh = torch.empty((b * h,), dtype=torch.float32, device=dev)
-    dD_bh = torch.empty((b * h, p), dtype=torch.float32, device=dev)
-    dfin = dfinal.contiguous() if dfinal is not None else None
+    dA_bh = torch.empty((b * h, nchunks), dtype=torch.float32, device=dev)
+    dD_bh = torch.empty((b * h, nchunks, p), dtype=torch.float32, device=dev)
     strides, ss, ds = _common_args(x, dt, B, C, D, z, seq_idx)
-    ssd_bwd_kernel[(b * h,)](
-        x, dt, A.contiguous(), B, C, _or(D, x), _or(z, x), _or(dt_bias, x), _or(seq_idx, x), dy, _or(dfin, dinit),
-        states,
-        dx, ddt, dB_h, dC_h, _or(dz, dx), dinit, dA_bh, dD_bh,
+    ssd_bwd_kernel[(nchunks, b * h)](
+        x, dt, A, B, C, _or(D, x), _or(z, x), _or(dt_bias, x), _or(seq_idx, x), dy, states, dstates,
+        dx, ddt, dB_h, dC_h, _or(dz, dx), dA_bh, dD_bh,
         L, h, p, n, h // g, float(dt_min), float(dt_max),
         *strides, *dy.stride(), *ss, *ds,
-        HAS_DFINAL=dfin is not None, Q=q, BP=pow2_at_least(p), BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype), UPCAST=upcast_dots(x.dtype),
-        **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
+        Q=q, BP=pow2_at_least(p), BN=pow2_at_least(n),
+        DOT_PREC=dot_precision(x.dtype, backward=True), UPCAST=upcast_dots(x.dtype), **flags,
     )
-    dB = dB_h.view(b, L, g, h // g, n).sum(3) if h != g else dB_h  # (B, L, G, N)
-    dC = dC_h.view(b, L, g, h // g, n).sum(3) if h != g else dC_h
-    dA = dA_bh.view(b, h).sum(0)
+    dB = dB_h.view(b, L, g, h // g, n).sum(3, dtype=torch.float32) if h != g else dB_h  # (B, L, G, N)
+    dC = dC_h.view(b, L, g, h // g, n).sum(3, dtype=torch.float32) if h != g else dC_h
+    dA = dA_bh.view(b, h, nchunks).sum((0, 2))
     dD = None
     if D is not None:
-        dD = dD_bh.view(b, h, p).sum(0)
+        dD = dD_bh.view(b, h, nchunks, p).sum((0, 2))
         dD = dD.sum(1) if D.dim() == 1 else dD
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     dinit_out = dinit if initial_states is not None else None

@@ -12,39 +12,47 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def autotune_configs(bp: bool = False, decode: bool = False, bwd: bool = False) -> list:
-    """Configs to autotune over. One config under the interpreter (multi-config autotune needs a GPU) and
-    when MAMBA_COMPAT_TRITON_AUTOTUNE=0 (fast first calls, e.g. in tests).
+def autotune_configs(bp: bool = False, decode: bool = False, bwd: bool = False, light: bool = False) -> list:
+    """Configs to autotune over (few: every config is compiled on first use). One config under the
+    interpreter (multi-config autotune needs a GPU) and when MAMBA_COMPAT_TRITON_AUTOTUNE=0.
 
-    bp: also tune BP (the head-dim block of the forward / state pass).
+    bp: also tune BP (the head-dim block of the forward and of the sequential state passes).
+    light: a sequential pass with one matmul per chunk (more programs pay: small BP first).
     """
     single = interpreting() or os.environ.get("MAMBA_COMPAT_TRITON_AUTOTUNE", "1") == "0"
     if decode:
-        ws = (4,) if single else (2, 4, 8)
+        ws = (4,) if single else (4, 8)
         return [triton.Config({}, num_warps=w, num_stages=1) for w in ws]
     if single:
         warps = 4 if (interpreting() or not bwd) else 8
-        return [triton.Config({"BP": 16 if interpreting() else 32} if bp else {}, num_warps=warps, num_stages=1)]
-    out = []
-    for bpv in ((32, 64) if bp else (None,)):
-        for w in (4, 8):
-            for s in (1, 2, 3):
-                out.append(triton.Config({"BP": bpv} if bpv else {}, num_warps=w, num_stages=s))
-    return out
+        return [triton.Config({"BP": 16 if (interpreting() or light) else 32} if bp else {}, num_warps=warps,
+                              num_stages=1 if interpreting() else 2)]
+    if bp:
+        return [triton.Config({"BP": v}, num_warps=4, num_stages=2) for v in (16, 32, 64)]
+    return [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8)]
 
 
 def pow2_at_least(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-def dot_precision(dtype) -> str:
-    """fp32 operands: tf32 tensor cores on the GPU by default (MAMBA_COMPAT_TRITON_FP32=ieee|tf32x3|tf32 to
-    choose); exact under the interpreter."""
+def dot_precision(dtype, backward: bool = False) -> str:
+    """Precision of fp32 tl.dot operands. Default: tf32 tensor cores forward, tf32x3 (about fp32 accuracy,
+    three tf32 products) backward, where gradients such as dA sum many terms; exact under the interpreter.
+    MAMBA_COMPAT_TRITON_FP32=ieee|tf32x3|tf32 forces one for both directions."""
     import torch
 
     if dtype == torch.float64 or interpreting():
         return "ieee"
-    return os.environ.get("MAMBA_COMPAT_TRITON_FP32", "tf32")
+    forced = os.environ.get("MAMBA_COMPAT_TRITON_FP32")
+    if forced:
+        return forced
+    return "tf32x3" if backward else "tf32"
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer tuning knob from the environment (read at call time)."""
+    return int(os.environ.get(name, default))
 
 
 def upcast_dots(dtype) -> bool:

@@ -50,7 +50,7 @@ def chunk_resets(seq_row, t, tmask, ssl, Q: tl.constexpr, HAS_SEQ: tl.constexpr)
     return r
 
 
-@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES", "HAS_Z"])
+@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES"])
 @triton.jit
 def ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, init_ptr, seq_ptr,
@@ -105,7 +105,7 @@ def ssd_fwd_kernel(
     st_base = states_ptr + pid_bh * (nchunks + 1) * P * N
     for ci in range(0, nchunks):
         if STORE_STATES:
-            tl.store(st_base + ci * P * N + pn_offs, state, mask=pn_mask)
+            tl.store(st_base + ci * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         t = ci * Q + offs_q
         tmask = t < L
         t = t.to(tl.int64)
@@ -149,5 +149,5 @@ def ssd_fwd_kernel(
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + mm(tl.trans(xw), Bm, DOT_PREC, UPCAST)  # (BP, BN)
     if STORE_STATES:
-        tl.store(st_base + nchunks * P * N + pn_offs, state, mask=pn_mask)
+        tl.store(st_base + nchunks * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
     tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)
