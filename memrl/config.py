@@ -1,0 +1,172 @@
+"""Training configuration: one dataclass, every field documented by the string under it.
+
+`field_docs()` reads those strings (the CLI uses them as help text; a test checks none is missing).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    # --- environment -------------------------------------------------------------------------------------
+    env: str = "DelayedCue"
+    """Task: DelayedCue, TMaze or RepeatFirst."""
+    horizon: int = 200
+    """Episode length: cue at t=0, query at t=horizon-1."""
+    num_cues: int = 2
+    """Number of distinct cues (and actions); RepeatFirst's num_symbols; TMaze has 2."""
+    noise: float = 0.0
+    """Std of Gaussian noise in the blank observations (0 = zeros)."""
+    num_envs: int = 512
+    """Parallel environments per rollout."""
+    # --- model -------------------------------------------------------------------------------------------
+    controller: str = "mamba2"
+    """Recurrent controller: mamba2, gru or lstm."""
+    memory: bool = True
+    """Use the PseudoMode memory (False = controller only)."""
+    d_model: int = 64
+    """Width of the encoder and controller."""
+    n_layers: int = 1
+    """Controller layers."""
+    d_state: int = 16
+    """Mamba2 state size N."""
+    headdim: int = 32
+    """Mamba2 head dim P (heads = expand * d_model / headdim)."""
+    expand: int = 2
+    """Mamba2 inner expansion."""
+    ssm_chunk: int = 50
+    """Mamba2 SSD chunk length in training (50 divides the default horizon, so nothing is padded)."""
+    mem_slots: int = 16
+    """PseudoMode slots M."""
+    mem_dim: int = 64
+    """PseudoMode slot dim Dm."""
+    mem_timescale_factor: float = 10.0
+    """Longest initial slot timescale, in horizons (shortest is 2 steps)."""
+    mem_gate_init: float = 0.02
+    """Initial write-gate value g."""
+    mem_chunk: int = 16
+    """Chunk length of the memory's parallel scan."""
+    head_hidden: int = 64
+    """Hidden width of the policy and value heads."""
+    curriculum_start: int = 20
+    """First training horizon of the curriculum (0 = train at `horizon` from the start)."""
+    curriculum_factor: float = 2.5
+    """Multiply the training horizon by this whenever a stage is solved (capped at `horizon`)."""
+    curriculum_success: float = 0.9
+    """Rollout success rate that completes a curriculum stage."""
+    # --- PPO ---------------------------------------------------------------------------------------------
+    rollout_len: int = 0
+    """Steps per rollout T (0 = the training horizon: episode-aligned rollouts of whole episodes)."""
+    burn_in: int = 0
+    """Steps of the previous rollout replayed with gradient before each sequence (0 = none)."""
+    total_steps: int = 20_000_000
+    """Stop after this many env steps if the target is not reached."""
+    lr: float = 2e-3
+    """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over total_steps."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    update_epochs: int = 2
+    """Passes over each rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch, split by env so sequences stay whole."""
+    clip_coef: float = 0.2
+    """PPO ratio clip."""
+    clip_vloss: bool = True
+    """Clip the value loss around the old values."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight."""
+    gate_coef: float = 1e-3
+    """L1 penalty weight on the memory write gate."""
+    gate_penalty_after: float = 0.75
+    """Apply the gate penalty only once rollout success reaches this (0 = always)."""
+    max_grad_norm: float = 0.5
+    """Global gradient norm clip."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    target_kl: float = 0.0
+    """Stop an update's epochs early when approx-KL exceeds this (0 = never)."""
+    # --- evaluation, stopping, logging --------------------------------------------------------------------
+    eval_episodes: int = 1000
+    """Fresh episodes per evaluation (greedy actions)."""
+    eval_interval: int = 10
+    """Evaluate every this many updates."""
+    eval_trigger: float = 0.9
+    """Also evaluate after any rollout whose success rate reaches this."""
+    target_success: float = 0.99
+    """Stop when evaluation success reaches this."""
+    checkpoint_interval: int = 5
+    """Save RUN_DIR/checkpoint.pt every this many updates (and at the end)."""
+    seed: int = 1
+    """Seed of the model init, the envs and action sampling."""
+    device: str = "auto"
+    """auto (cuda > mps > cpu), cpu, cuda or mps."""
+    out: str = "runs/memrl"
+    """Run directory: checkpoint.pt, metrics.jsonl, curves.png, TensorBoard events."""
+    tensorboard: bool = True
+    """Write TensorBoard events when tensorboard is installed."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    debug_nan_at_update: int = 0
+    """Testing aid: poison a parameter with NaN before this update (0 = never)."""
+
+    def __post_init__(self):
+        if self.env not in ("DelayedCue", "TMaze", "RepeatFirst"):
+            raise ValueError(f"env must be DelayedCue, TMaze or RepeatFirst, got {self.env!r}")
+        if self.controller not in ("mamba2", "gru", "lstm"):
+            raise ValueError(f"controller must be mamba2, gru or lstm, got {self.controller!r}")
+        if self.num_envs < self.num_minibatches or self.num_envs % self.num_minibatches:
+            raise ValueError(f"num_envs ({self.num_envs}) must be a multiple of num_minibatches "
+                             f"({self.num_minibatches})")
+        if self.burn_in < 0 or (self.rollout_len and self.burn_in > self.rollout_len):
+            raise ValueError(f"burn_in must be in [0, rollout_len={self.rollout_len}], got {self.burn_in}")
+        if self.curriculum_start < 0 or self.curriculum_factor <= 1.0:
+            raise ValueError(f"need curriculum_start >= 0 and curriculum_factor > 1, got {self.curriculum_start}, "
+                             f"{self.curriculum_factor}")
+
+    @property
+    def first_horizon(self) -> int:
+        """The training horizon of the first curriculum stage."""
+        return min(self.curriculum_start, self.horizon) if self.curriculum_start else self.horizon
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_docs(cls=Config) -> dict[str, str]:
+    """{field name: its docstring}, read from the class source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def resolve_device(name: str):
+    """auto -> cuda if available, else mps if available, else cpu. Raises if a named device is missing."""
+    import torch
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but torch.backends.mps.is_available() is False")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(name)

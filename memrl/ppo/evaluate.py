@@ -1,0 +1,53 @@
+"""Evaluation on fresh episodes (greedy or sampled actions), no gradient."""
+from __future__ import annotations
+
+import torch
+
+from ..envs import make_env
+
+
+@torch.inference_mode()
+def evaluate_policy(model, env_kwargs: dict, episodes: int = 1000, seed: int = 0, device="cpu",
+                    greedy: bool = True, max_batch: int = 1024, env_name: str = "DelayedCue") -> dict:
+    """Run `episodes` fresh episodes in parallel batches of at most `max_batch` envs.
+
+    Args:
+        model: an ActorCritic; env_kwargs: horizon, num_cues, noise; seed: seeds the envs (and sampling).
+    Returns:
+        {"episodes", "success_rate", "mean_return"}.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed) + 7919)
+    done_total, success_total, return_total = 0, 0, 0.0
+    chunk = 0
+    while done_total < episodes:
+        n = min(max_batch, episodes - done_total)
+        env = make_env(env_name, num_envs=n, device=device, **env_kwargs)
+        obs, _ = env.reset(seed=int(seed) * 1_000_003 + chunk)
+        state = model.init_state(n, device)
+        reset = torch.ones(n, dtype=torch.bool, device=device)
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        ret = torch.zeros(n, device=device)
+        success = torch.zeros(n, dtype=torch.bool, device=device)
+        while not bool(finished.all()):
+            out = model.act(obs, state, reset)
+            if greedy:
+                actions = out.logits.argmax(-1)
+            else:
+                actions = torch.multinomial(out.logits.softmax(-1), 1, generator=gen).squeeze(-1)
+            obs, reward, term, trunc, info = env.step(actions)
+            ret += reward * ~finished
+            success |= info.get("success", reward > 0) & (term | trunc) & ~finished
+            finished |= term | trunc
+            reset, state = term | trunc, out.state
+        done_total += n
+        success_total += int(success.sum())
+        return_total += float(ret.sum())
+        chunk += 1
+    model.train(was_training)
+    return {"episodes": done_total, "success_rate": success_total / done_total,
+            "mean_return": return_total / done_total}

@@ -1,0 +1,318 @@
+"""Recurrent PPO for the batched memory envs.
+
+Gradient path to the cue. DelayedCue episodes have a fixed length, every env starts together, and the
+default rollout length T is the horizon, so rollouts are episode-aligned: each one holds exactly one
+whole episode per env, and `evaluate` runs it from its stored initial state with full backpropagation
+through time from the query back to the cue (T = horizon steps). For other T, `burn_in` > 0 replays
+the last `burn_in` steps of the previous rollout with gradient (from the state stored where that
+prefix began) before each sequence, so dependencies up to burn_in + 1 steps cross rollout boundaries.
+
+Sections of `train()`: rollout (acting under inference_mode) -> advantages (GAE) -> update (epochs x
+minibatches of whole env sequences) -> logging / evaluation / checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from ..config import Config, resolve_device
+from ..envs import make_env
+from ..models import ActorCritic
+from .evaluate import evaluate_policy
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient, parameter or recurrent state became NaN/inf; training stopped."""
+
+
+def build_model(cfg: Config, obs_dim: int, num_actions: int) -> ActorCritic:
+    return ActorCritic(obs_dim, num_actions, controller=cfg.controller, memory=cfg.memory, d_model=cfg.d_model,
+                       n_layers=cfg.n_layers, d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
+                       mem_slots=cfg.mem_slots, mem_dim=cfg.mem_dim,
+                       mem_max_timescale=cfg.mem_timescale_factor * cfg.horizon, mem_gate_init=cfg.mem_gate_init,
+                       mem_chunk=cfg.mem_chunk, head_hidden=cfg.head_hidden, ssm_chunk=cfg.ssm_chunk)
+
+
+def _index_state(state: dict, idx) -> dict:
+    return {k: v[idx] for k, v in state.items()}
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def gae(rewards, values, dones, last_value, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al. 2016). All (N, T) except last_value (N,).
+
+    dones[:, t] = the episode ended with step t (no bootstrap across it). Returns (advantages, returns).
+    """
+    n, length = rewards.shape
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(last_value)
+    next_value = last_value
+    for t in reversed(range(length)):
+        live = 1.0 - dones[:, t].float()
+        delta = rewards[:, t] + gamma * next_value * live - values[:, t]
+        next_adv = delta + gamma * lam * live * next_adv
+        adv[:, t] = next_adv
+        next_value = values[:, t]
+    return adv, adv + values
+
+
+class PPOTrainer:
+    def __init__(self, cfg: Config, run_dir: str | None = None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.env_kwargs = dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
+        self.train_horizon = cfg.first_horizon  # curriculum stage; evaluation always uses cfg.horizon
+        self.env = make_env(cfg.env, num_envs=cfg.num_envs, device=self.device,
+                            **{**self.env_kwargs, "horizon": self.train_horizon})
+        obs_dim, num_actions = self.env.single_observation_space.shape[0], self.env.single_action_space.n
+        self.model = build_model(cfg, obs_dim, num_actions).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
+        self.gen = torch.Generator(device=self.device)  # action sampling and minibatch order
+        self.gen.manual_seed(cfg.seed)
+        self.obs, _ = self.env.reset(seed=cfg.seed)
+        self.next_reset = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
+        self.state = self.model.init_state(cfg.num_envs, self.device)
+        self.prefix = None  # burn-in: {"obs" (N, B, O), "reset" (N, B), "state"} from the previous rollout
+        self.update_idx = 0
+        self.env_steps = 0
+        self.wall_time = 0.0
+        self.last_eval: dict | None = None
+        self.solved = False
+
+    @property
+    def rollout_len(self) -> int:
+        """T: cfg.rollout_len, or the current training horizon (episode-aligned rollouts)."""
+        return self.cfg.rollout_len or self.train_horizon
+
+    # ------------------------------------------------------------------------------------------- rollout
+    def collect_rollout(self) -> dict:
+        cfg, model, n, length = self.cfg, self.model, self.cfg.num_envs, self.rollout_len
+        state0 = {k: v.clone() for k, v in self.state.items()}
+        snap_at = length - min(cfg.burn_in, length)
+        snapshot = state0 if snap_at == 0 else None
+        obs_l, reset_l, act_l, logp_l, val_l, rew_l, done_l, gate_l, succ_l = ([] for _ in range(9))
+        obs, reset, state = self.obs, self.next_reset, self.state
+        with torch.inference_mode():
+            for t in range(length):
+                out = model.act(obs, state, reset)
+                u = torch.rand(out.logits.shape, device=self.device, generator=self.gen)
+                actions = (out.logits - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)  # Gumbel-max sample
+                logp = out.logits.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+                next_obs, reward, term, trunc, info = self.env.step(actions)
+                succ_l.append(info["success"] if "success" in info else (reward > 0) & (term | trunc))
+                obs_l.append(obs), reset_l.append(reset), act_l.append(actions), logp_l.append(logp)
+                val_l.append(out.value), rew_l.append(reward), done_l.append(term | trunc)
+                if out.gate is not None:
+                    gate_l.append(out.gate)
+                obs, reset, state = next_obs, term | trunc, out.state
+                if t + 1 == snap_at:
+                    snapshot = {k: v.clone() for k, v in state.items()}
+            last_value = model.act(obs, state, reset).value
+        self.obs, self.next_reset = obs.clone(), reset.clone()
+        self.state = {k: v.clone() for k, v in state.items()}
+        stack = lambda xs: torch.stack(xs, dim=1)  # noqa: E731  list of (N, ...) -> (N, T, ...)
+        roll = {"obs": stack(obs_l), "reset": stack(reset_l), "actions": stack(act_l), "logp": stack(logp_l),
+                "values": stack(val_l), "rewards": stack(rew_l), "dones": stack(done_l), "state0": state0,
+                "last_value": last_value.clone(), "gate": stack(gate_l) if gate_l else None,
+                "success": stack(succ_l),
+                "snapshot": {k: v.clone() for k, v in snapshot.items()}}
+        if not _all_finite([roll["values"], *self.state.values()]):
+            raise NonFiniteError(f"non-finite recurrent state or value during rollout {self.update_idx + 1}")
+        self.env_steps += n * length
+        return roll
+
+    # ------------------------------------------------------------------------------------------- update
+    def _sequences(self, roll: dict, idx: torch.Tensor):
+        """Minibatch inputs for envs idx: (obs (b, B+T, O), reset (b, B+T), state, B) with the burn-in prefix."""
+        obs, reset, state = roll["obs"][idx], roll["reset"][idx], _index_state(roll["state0"], idx)
+        if self.prefix is None:
+            return obs, reset, state, 0
+        p = self.prefix
+        return (torch.cat([p["obs"][idx], obs], 1), torch.cat([p["reset"][idx], reset], 1),
+                _index_state(p["state"], idx), p["obs"].shape[1])
+
+    def update(self, roll: dict) -> dict:
+        cfg, model = self.cfg, self.model
+        adv, returns = gae(roll["rewards"], roll["values"], roll["dones"], roll["last_value"], cfg.gamma,
+                           cfg.gae_lambda)
+        n = cfg.num_envs
+        mb = n // cfg.num_minibatches
+        # Adam follows any consistent gradient whatever its weight, so an L1 penalty on the gate from the start
+        # drives the writes to zero before the policy has learned to use them (the prototype's failure).
+        # It is switched on once the task is being solved.
+        success = float(roll["success"].sum()) / max(int(roll["dones"].sum()), 1)
+        gate_coef = cfg.gate_coef if success >= cfg.gate_penalty_after else 0.0
+        stats = {"approx_kl": 0.0, "clipfrac": 0.0, "pg_loss": 0.0, "v_loss": 0.0, "entropy": 0.0, "gate_loss": 0.0,
+                 "grad_norm": 0.0}
+        count = 0
+        stop = False
+        for epoch in range(cfg.update_epochs):
+            perm = torch.randperm(n, device=self.device, generator=self.gen)
+            for start in range(0, n, mb):
+                idx = perm[start:start + mb]
+                obs, reset, state, skip = self._sequences(roll, idx)
+                out = model.evaluate(obs, state, reset)
+                logits, values = out.logits[:, skip:], out.value[:, skip:]  # (b, T, A), (b, T)
+                logprobs = logits.log_softmax(-1)
+                new_logp = logprobs.gather(-1, roll["actions"][idx].unsqueeze(-1)).squeeze(-1)
+                entropy = -(logprobs.exp() * logprobs).sum(-1).mean()
+                logratio = new_logp - roll["logp"][idx]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, Schulman 2020 "Approximating KL"
+                    clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+                a = adv[idx]
+                if cfg.norm_adv:
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                ret, old_v = returns[idx], roll["values"][idx]
+                if cfg.clip_vloss:  # clipped value loss as in OpenAI baselines' PPO2
+                    v_clip = old_v + (values - old_v).clamp(-cfg.clip_coef, cfg.clip_coef)
+                    v_loss = 0.5 * torch.max((values - ret) ** 2, (v_clip - ret) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((values - ret) ** 2).mean()
+                gate_loss = out.gate[:, skip:].mean() if out.gate is not None else values.new_zeros(())
+                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + gate_coef * gate_loss
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"non-finite loss at update {self.update_idx + 1}, epoch {epoch}: "
+                                         f"pg={pg_loss.item()} v={v_loss.item()} entropy={entropy.item()} "
+                                         f"gate={gate_loss.item()}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    raise NonFiniteError(f"non-finite gradient norm at update {self.update_idx + 1}, epoch {epoch}")
+                self.optimizer.step()
+                for k, v in (("approx_kl", approx_kl), ("clipfrac", clipfrac), ("pg_loss", pg_loss),
+                             ("v_loss", v_loss), ("entropy", entropy), ("gate_loss", gate_loss),
+                             ("grad_norm", grad_norm)):
+                    stats[k] += float(v.detach())
+                count += 1
+            if cfg.target_kl > 0 and stats["approx_kl"] / count > cfg.target_kl:
+                stop = True
+                break
+        if not _all_finite(p for p in model.parameters()):
+            raise NonFiniteError(f"non-finite parameters after update {self.update_idx + 1}")
+        stats = {k: v / count for k, v in stats.items()}
+        var_ret = returns.var()
+        stats["explained_var"] = float(1 - (returns - roll["values"]).var() / var_ret) if var_ret > 0 else float("nan")
+        stats["kl_stop"] = stop
+        stats["gate_coef"] = gate_coef
+        if cfg.burn_in > 0:
+            b = min(cfg.burn_in, roll["obs"].shape[1])
+            self.prefix = {"obs": roll["obs"][:, -b:], "reset": roll["reset"][:, -b:], "state": roll["snapshot"]}
+        return stats
+
+    # ------------------------------------------------------------------------------------------- loop
+    def rollout_stats(self, roll: dict) -> dict:
+        dones = roll["dones"]
+        episodes = int(dones.sum())
+        total = float(roll["rewards"].sum())
+        return {"episodes": episodes, "return": total / max(episodes, 1),
+                "success": float(roll["success"].sum()) / max(episodes, 1),
+                "gate_mean": float(roll["gate"].mean()) if roll["gate"] is not None else float("nan")}
+
+    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict:
+        seed = self.cfg.seed * 100_003 + self.update_idx if seed is None else seed
+        return evaluate_policy(self.model, self.env_kwargs, episodes or self.cfg.eval_episodes, seed, self.device,
+                               env_name=self.cfg.env)
+
+    def train_step(self) -> dict:
+        """One rollout + one update (+ evaluation when due). Returns the logged metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if cfg.anneal_lr:
+            frac = max(0.0, 1.0 - self.env_steps / cfg.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.lr
+        if cfg.debug_nan_at_update == self.update_idx + 1:
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
+        roll = self.collect_rollout()
+        t_roll = time.perf_counter() - t0
+        stats = self.update(roll)
+        self.update_idx += 1
+        stats.update(self.rollout_stats(roll))
+        dt = time.perf_counter() - t0
+        self.wall_time += dt
+        stats.update({"update": self.update_idx, "sps": cfg.num_envs * roll["obs"].shape[1] / dt,
+                      "rollout_s": t_roll, "update_s": dt - t_roll, "wall": self.wall_time,
+                      "train_horizon": self.train_horizon})
+        if self.train_horizon < cfg.horizon:  # curriculum: the stage is solved, lengthen the episodes
+            if stats["success"] >= cfg.curriculum_success:
+                self.train_horizon = min(cfg.horizon, int(round(self.train_horizon * cfg.curriculum_factor)))
+                self.env.set_horizon(self.train_horizon)
+        elif stats["success"] >= cfg.eval_trigger or self.update_idx % cfg.eval_interval == 0:
+            t1 = time.perf_counter()
+            self.last_eval = self.evaluate()
+            self.wall_time += time.perf_counter() - t1
+            stats["eval_success"] = self.last_eval["success_rate"]
+            self.solved = self.last_eval["success_rate"] >= cfg.target_success
+        return stats
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        cpu = lambda d: {k: v.detach().clone().cpu() for k, v in d.items()}  # noqa: E731
+        return {
+            "version": 1, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "env": self.env.state_dict(), "obs": self.obs.cpu(), "next_reset": self.next_reset.cpu(),
+            "state": cpu(self.state),
+            "prefix": None if self.prefix is None else {"obs": self.prefix["obs"].cpu(),
+                                                        "reset": self.prefix["reset"].cpu(),
+                                                        "state": cpu(self.prefix["state"])},
+            "counters": {"train_horizon": self.train_horizon, "update": self.update_idx, "env_steps": self.env_steps,
+                         "wall_time": self.wall_time, "solved": self.solved, "last_eval": self.last_eval},
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        dev = self.device
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.env.load_state_dict(ckpt["env"])
+        self.obs, self.next_reset = ckpt["obs"].to(dev), ckpt["next_reset"].to(dev)
+        self.state = {k: v.to(dev) for k, v in ckpt["state"].items()}
+        p = ckpt["prefix"]
+        self.prefix = None if p is None else {"obs": p["obs"].to(dev), "reset": p["reset"].to(dev),
+                                              "state": {k: v.to(dev) for k, v in p["state"].items()}}
+        c = ckpt["counters"]
+        self.train_horizon = c["train_horizon"]
+        self.update_idx, self.env_steps, self.wall_time = c["update"], c["env_steps"], c["wall_time"]
+        self.solved, self.last_eval = c["solved"], c["last_eval"]
+
+    def save(self, path: str) -> None:
+        """Atomic write: a crash mid-save never leaves a broken checkpoint."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, run_dir: str | None = None, **overrides) -> "PPOTrainer":
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg_dict = dict(ckpt["config"])
+        cfg_dict.update(overrides)
+        trainer = cls(Config(**cfg_dict), run_dir=run_dir)
+        trainer.load_state_dict(ckpt)
+        return trainer
+
+
+def load_policy(path: str, device="cpu"):
+    """(model, config) from a checkpoint, model in eval mode on `device`."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = Config(**{**ckpt["config"], "device": str(device)})
+    env = make_env(cfg.env, num_envs=1, horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
+    model = build_model(cfg, env.single_observation_space.shape[0], env.single_action_space.n)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg
+
+

@@ -1,0 +1,42 @@
+"""CLI contract: `memrl train` writes a checkpoint + curves; `memrl eval --json` ends with one JSON object."""
+import json
+import os
+import subprocess
+import sys
+
+from memrl.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_train_eval_json_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run), "--horizon", "6", "--num-envs", "64", "--controller", "gru",
+                 "--total-steps", "6000", "--eval-episodes", "100", "--no-progress", "--seed", "0"])
+    assert code == 0
+    assert (run / "checkpoint.pt").exists() and (run / "curves.png").exists() and (run / "metrics.jsonl").exists()
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert rows and {"success", "gate_mean", "approx_kl", "sps", "explained_var"} <= set(rows[0])
+
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-m", "memrl", "eval", str(run / "checkpoint.pt"), "--episodes", "50",
+                          "--seed", "3", "--device", "cpu", "--json"], capture_output=True, text=True, env=env,
+                         check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["episodes"] == 50 and 0.0 <= res["success_rate"] <= 1.0
+    again = main(["eval", str(run / "checkpoint.pt"), "--episodes", "50", "--seed", "3", "--device", "cpu", "--json"])
+    assert again == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["success_rate"] == res["success_rate"]
+
+    os.remove(run / "curves.png")
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").exists()
+
+
+def test_resume_flag_continues(tmp_path):
+    run = tmp_path / "run"
+    base = ["--horizon", "5", "--num-envs", "16", "--controller", "gru", "--no-progress", "--eval-episodes", "50",
+            "--target-success", "1.1"]
+    assert main(["train", "--out", str(run), "--total-steps", "160", *base]) == 0
+    assert main(["train", "--resume", str(run), "--total-steps", "320", *base]) == 0
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["update"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
