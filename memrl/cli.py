@@ -4,6 +4,7 @@
     memrl train --resume RUN_DIR                                    continue exactly from RUN_DIR/checkpoint.pt
     memrl eval RUN_DIR/checkpoint.pt --episodes 1000 --seed 0 --json
     memrl plot RUN_DIR                                              writes RUN_DIR/curves.png
+    torchrun --nproc-per-node=N -m memrl train ...                   data-parallel (docs/distributed.md)
 """
 from __future__ import annotations
 
@@ -50,10 +51,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    """Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 prints, logs, plots and writes files."""
+    from . import distributed as dist
+
+    dist.init()
+    try:
+        code = _train_ranks(args, dist)
+    except BaseException:
+        dist.teardown(wait=False)
+        raise
+    dist.teardown(wait=code != 130)  # after Ctrl-C (130) the ranks may have stopped at different points
+    return code
+
+
+def _train_ranks(args, dist) -> int:
     from .ppo import NonFiniteError, PPOTrainer
     from .ppo.logger import RunLogger
     from .plot import plot_run
 
+    main_rank = dist.is_main()
+    say = print if main_rank else (lambda *a, **k: None)
     overrides = {n: getattr(args, n) for n in _TRAIN_FLAGS if getattr(args, n) is not None}
     if args.no_memory:
         overrides["memory"] = False
@@ -61,25 +78,34 @@ def _train(args) -> int:
         overrides["progress"] = False
     if args.resume:
         path = os.path.join(args.resume, "checkpoint.pt")
-        if not os.path.exists(path):
-            print(f"memrl: no checkpoint at {path}", file=sys.stderr)
+        if not dist.broadcast_object(os.path.exists(path)):  # rank 0's file decides for all ranks
+            say(f"memrl: no checkpoint at {path}", file=sys.stderr)
             return 2
         overrides.setdefault("out", args.resume)
-        trainer = PPOTrainer.from_checkpoint(path, run_dir=overrides["out"], **overrides)
-        print(f"resumed {path} at update {trainer.update_idx}, {trainer.env_steps} env steps")
+        try:
+            trainer = PPOTrainer.from_checkpoint(path, run_dir=overrides["out"], **overrides)
+        except ValueError as err:  # e.g. another world size (the same on every rank)
+            if main_rank:
+                print(f"memrl: {err}", file=sys.stderr)
+            return 2
+        say(f"resumed {path} at update {trainer.update_idx}, {trainer.env_steps} env steps")
     else:
         trainer = PPOTrainer(Config(**overrides), run_dir=overrides.get("out", Config.out))
     cfg = trainer.cfg
     run_dir = trainer.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=1)
     ckpt = os.path.join(run_dir, "checkpoint.pt")
-    logger = RunLogger(run_dir, cfg.tensorboard)
-    print(f"memrl train: {cfg.env}-{cfg.horizon}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
-          f"{cfg.num_envs} envs, rollouts of {trainer.rollout_len} steps, device {trainer.device}, run dir {run_dir}")
+    logger = None
+    if main_rank:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({**cfg.to_dict(), **({"world_size": trainer.world} if trainer.world > 1 else {})}, f, indent=1)
+        logger = RunLogger(run_dir, cfg.tensorboard)
+    ranks = f" x {trainer.world} ranks" if trainer.world > 1 else ""
+    say(f"memrl train: {cfg.env}-{cfg.horizon}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
+        f"{cfg.num_envs} envs{ranks}, rollouts of {trainer.rollout_len} steps, device {trainer.device}, "
+        f"run dir {run_dir}")
     bar = None
-    if cfg.progress:
+    if cfg.progress and main_rank:
         from tqdm import tqdm
         bar = tqdm(total=cfg.total_steps, initial=trainer.env_steps, unit="step", unit_scale=True, dynamic_ncols=True)
     code = 0
@@ -88,7 +114,8 @@ def _train(args) -> int:
     try:
         while trainer.env_steps < cfg.total_steps and not trainer.solved:
             stats = trainer.train_step()
-            logger.log("train", trainer.env_steps, stats)
+            if logger is not None:
+                logger.log("train", trainer.env_steps, stats)
             if bar is not None:
                 bar.update(trainer.env_steps - bar.n)
                 post = {"ret": f"{stats['return']:.2f}", "succ": f"{stats['success']:.2f}",
@@ -99,20 +126,23 @@ def _train(args) -> int:
                 bar.set_postfix(post)
             if trainer.update_idx % cfg.checkpoint_interval == 0 or trainer.solved:
                 trainer.save(ckpt)
-    except NonFiniteError as err:
-        print(f"\nmemrl: training stopped: {err}. The last good checkpoint is kept at {ckpt} "
-              f"(not overwritten).", file=sys.stderr)
+    except NonFiniteError as err:  # raised on every rank alike (the finite checks are collective)
+        say(f"\nmemrl: training stopped: {err}. The last good checkpoint is kept at {ckpt} "
+            f"(not overwritten).", file=sys.stderr)
         code = 3
     except KeyboardInterrupt:
-        print(f"\nmemrl: interrupted; the last checkpoint is {ckpt}", file=sys.stderr)
+        say(f"\nmemrl: interrupted; the last checkpoint is {ckpt}", file=sys.stderr)
         code = 130
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if code == 0:
         trainer.save(ckpt)
     wall = time.perf_counter() - t_start
+    if not main_rank:
+        return code
     try:
         png = plot_run(run_dir)
     except Exception as err:  # plotting is a convenience: never lose a run over it

@@ -9,6 +9,13 @@ prefix began) before each sequence, so dependencies up to burn_in + 1 steps cros
 
 Sections of `train()`: rollout (acting under inference_mode) -> advantages (GAE) -> update (epochs x
 minibatches of whole env sequences) -> logging / evaluation / checkpoint.
+
+Data parallel (under torchrun, see memrl/distributed.py and docs/distributed.md): every rank steps its own
+`num_envs` envs with its own seed; gradients are averaged by one explicit all-reduce per minibatch (not
+DDP, whose hooks only follow `forward()` while PPO trains through `evaluate()`); advantages are
+normalised with global statistics; every decision (gate penalty, KL stop, curriculum, evaluation
+trigger, stop) is taken from reduced metrics or rank 0's broadcast evaluation. Each `if self.world > 1`
+branch below is a collective; with one process none of them runs.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import time
 
 import torch
 
+from .. import distributed as dist
 from ..config import Config, resolve_device
 from ..envs import make_env
 from ..models import ActorCritic
@@ -43,6 +51,10 @@ def _all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _terms(pg, v, entropy, gate) -> str:
+    return f"pg={pg.item()} v={v.item()} entropy={entropy.item()} gate={gate.item()}"
+
+
 def gae(rewards, values, dones, last_value, gamma: float, lam: float):
     """Generalised advantage estimation (Schulman et al. 2016). All (N, T) except last_value (N,).
 
@@ -65,18 +77,21 @@ class PPOTrainer:
     def __init__(self, cfg: Config, run_dir: str | None = None):
         self.cfg = cfg
         self.run_dir = run_dir
-        self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
+        self.world, self.rank = dist.world_size(), dist.rank()
+        self.device = dist.local_device(resolve_device(cfg.device))
+        torch.manual_seed(cfg.seed)  # same on every rank: identical model init (broadcast from rank 0 below)
+        seed = cfg.seed + dist.RANK_SEED_STRIDE * self.rank  # envs and action sampling differ per rank
         self.env_kwargs = dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
         self.train_horizon = cfg.first_horizon  # curriculum stage; evaluation always uses cfg.horizon
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, device=self.device,
                             **{**self.env_kwargs, "horizon": self.train_horizon})
         obs_dim, num_actions = self.env.single_observation_space.shape[0], self.env.single_action_space.n
         self.model = build_model(cfg, obs_dim, num_actions).to(self.device)
+        dist.broadcast_params(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device=self.device)  # action sampling and minibatch order
-        self.gen.manual_seed(cfg.seed)
-        self.obs, _ = self.env.reset(seed=cfg.seed)
+        self.gen.manual_seed(seed)
+        self.obs, _ = self.env.reset(seed=seed)
         self.next_reset = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
         self.state = self.model.init_state(cfg.num_envs, self.device)
         self.prefix = None  # burn-in: {"obs" (N, B, O), "reset" (N, B), "state"} from the previous rollout
@@ -123,9 +138,12 @@ class PPOTrainer:
                 "last_value": last_value.clone(), "gate": stack(gate_l) if gate_l else None,
                 "success": stack(succ_l),
                 "snapshot": {k: v.clone() for k, v in snapshot.items()}}
-        if not _all_finite([roll["values"], *self.state.values()]):
+        finite = _all_finite([roll["values"], *self.state.values()])
+        if self.world > 1:
+            finite = dist.all_true(finite)
+        if not finite:
             raise NonFiniteError(f"non-finite recurrent state or value during rollout {self.update_idx + 1}")
-        self.env_steps += n * length
+        self.env_steps += n * length * self.world
         return roll
 
     # ------------------------------------------------------------------------------------------- update
@@ -138,7 +156,8 @@ class PPOTrainer:
         return (torch.cat([p["obs"][idx], obs], 1), torch.cat([p["reset"][idx], reset], 1),
                 _index_state(p["state"], idx), p["obs"].shape[1])
 
-    def update(self, roll: dict) -> dict:
+    def update(self, roll: dict, success: float | None = None) -> dict:
+        """Epochs x minibatches of PPO on `roll`. success: the (global) rollout success rate, if known."""
         cfg, model = self.cfg, self.model
         adv, returns = gae(roll["rewards"], roll["values"], roll["dones"], roll["last_value"], cfg.gamma,
                            cfg.gae_lambda)
@@ -147,7 +166,8 @@ class PPOTrainer:
         # Adam follows any consistent gradient whatever its weight, so an L1 penalty on the gate from the start
         # drives the writes to zero before the policy has learned to use them (the prototype's failure).
         # It is switched on once the task is being solved.
-        success = float(roll["success"].sum()) / max(int(roll["dones"].sum()), 1)
+        if success is None:
+            success = self.rollout_stats(roll)["success"]
         gate_coef = cfg.gate_coef if success >= cfg.gate_penalty_after else 0.0
         stats = {"approx_kl": 0.0, "clipfrac": 0.0, "pg_loss": 0.0, "v_loss": 0.0, "entropy": 0.0, "gate_loss": 0.0,
                  "grad_norm": 0.0}
@@ -169,7 +189,10 @@ class PPOTrainer:
                     approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, Schulman 2020 "Approximating KL"
                     clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
                 a = adv[idx]
-                if cfg.norm_adv:
+                if cfg.norm_adv and self.world > 1:  # statistics of the global minibatch (union over ranks)
+                    a_mean, a_std = dist.global_mean_std(a)
+                    a = (a - a_mean) / (a_std + 1e-8)
+                elif cfg.norm_adv:
                     a = (a - a.mean()) / (a.std() + 1e-8)
                 pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                 ret, old_v = returns[idx], roll["values"][idx]
@@ -180,12 +203,18 @@ class PPOTrainer:
                     v_loss = 0.5 * ((values - ret) ** 2).mean()
                 gate_loss = out.gate[:, skip:].mean() if out.gate is not None else values.new_zeros(())
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + gate_coef * gate_loss
-                if not torch.isfinite(loss):
+                loss_finite = bool(torch.isfinite(loss))
+                if not loss_finite and self.world == 1:
                     raise NonFiniteError(f"non-finite loss at update {self.update_idx + 1}, epoch {epoch}: "
-                                         f"pg={pg_loss.item()} v={v_loss.item()} entropy={entropy.item()} "
-                                         f"gate={gate_loss.item()}")
+                                         f"{_terms(pg_loss, v_loss, entropy, gate_loss)}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.world > 1:  # mean of the ranks' gradients = gradient of the global minibatch's mean loss
+                    bad_ranks = dist.average_gradients(model.parameters(), local_bad=not loss_finite)
+                    if bad_ranks:
+                        raise NonFiniteError(f"non-finite loss on {bad_ranks} of {self.world} ranks at update "
+                                             f"{self.update_idx + 1}, epoch {epoch} (rank {self.rank}: "
+                                             f"{_terms(pg_loss, v_loss, entropy, gate_loss)})")
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise NonFiniteError(f"non-finite gradient norm at update {self.update_idx + 1}, epoch {epoch}")
@@ -195,14 +224,23 @@ class PPOTrainer:
                              ("grad_norm", grad_norm)):
                     stats[k] += float(v.detach())
                 count += 1
-            if cfg.target_kl > 0 and stats["approx_kl"] / count > cfg.target_kl:
-                stop = True
-                break
+            if cfg.target_kl > 0:
+                kl = stats["approx_kl"] / count
+                if self.world > 1:  # decided from the rank mean: identical on every rank
+                    kl = dist.mean_values(kl)[0]
+                if kl > cfg.target_kl:
+                    stop = True
+                    break
         if not _all_finite(p for p in model.parameters()):
             raise NonFiniteError(f"non-finite parameters after update {self.update_idx + 1}")
         stats = {k: v / count for k, v in stats.items()}
-        var_ret = returns.var()
-        stats["explained_var"] = float(1 - (returns - roll["values"]).var() / var_ret) if var_ret > 0 else float("nan")
+        if self.world > 1:
+            stats = dict(zip(stats, dist.mean_values(*stats.values())))
+            var_ret = dist.global_mean_std(returns)[1] ** 2
+            var_res = dist.global_mean_std(returns - roll["values"])[1] ** 2
+        else:
+            var_ret, var_res = returns.var(), (returns - roll["values"]).var()
+        stats["explained_var"] = float(1 - var_res / var_ret) if var_ret > 0 else float("nan")
         stats["kl_stop"] = stop
         stats["gate_coef"] = gate_coef
         if cfg.burn_in > 0:
@@ -212,12 +250,22 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------- loop
     def rollout_stats(self, roll: dict) -> dict:
+        """Episodes, mean return, success rate, gate mean of the rollout (over all ranks when distributed)."""
         dones = roll["dones"]
         episodes = int(dones.sum())
         total = float(roll["rewards"].sum())
-        return {"episodes": episodes, "return": total / max(episodes, 1),
-                "success": float(roll["success"].sum()) / max(episodes, 1),
-                "gate_mean": float(roll["gate"].mean()) if roll["gate"] is not None else float("nan")}
+        successes = float(roll["success"].sum())
+        if self.world > 1:  # sums of counts: exact in float64, so every rank takes the same decisions
+            gate = roll["gate"]
+            gate_sum, gate_n = (float(gate.double().sum()), gate.numel()) if gate is not None else (0.0, 0)
+            episodes, total, successes, gate_sum, gate_n = dist.sum_values(episodes, total, successes, gate_sum,
+                                                                           gate_n)
+            episodes = int(episodes)
+            gate_mean = gate_sum / gate_n if gate_n else float("nan")
+        else:
+            gate_mean = float(roll["gate"].mean()) if roll["gate"] is not None else float("nan")
+        return {"episodes": episodes, "return": total / max(episodes, 1), "success": successes / max(episodes, 1),
+                "gate_mean": gate_mean}
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict:
         seed = self.cfg.seed * 100_003 + self.update_idx if seed is None else seed
@@ -237,12 +285,16 @@ class PPOTrainer:
                 next(self.model.parameters()).view(-1)[0] = float("nan")
         roll = self.collect_rollout()
         t_roll = time.perf_counter() - t0
-        stats = self.update(roll)
+        rstats = self.rollout_stats(roll)
+        stats = self.update(roll, success=rstats["success"])
         self.update_idx += 1
-        stats.update(self.rollout_stats(roll))
+        stats.update(rstats)
         dt = time.perf_counter() - t0
         self.wall_time += dt
-        stats.update({"update": self.update_idx, "sps": cfg.num_envs * roll["obs"].shape[1] / dt,
+        sps = cfg.num_envs * roll["obs"].shape[1] / dt
+        if self.world > 1:  # env-steps/s of all ranks together
+            sps = dist.sum_values(sps)[0]
+        stats.update({"update": self.update_idx, "sps": sps,
                       "rollout_s": t_roll, "update_s": dt - t_roll, "wall": self.wall_time,
                       "train_horizon": self.train_horizon})
         if self.train_horizon < cfg.horizon:  # curriculum: the stage is solved, lengthen the episodes
@@ -251,37 +303,52 @@ class PPOTrainer:
                 self.env.set_horizon(self.train_horizon)
         elif stats["success"] >= cfg.eval_trigger or self.update_idx % cfg.eval_interval == 0:
             t1 = time.perf_counter()
-            self.last_eval = self.evaluate()
+            self.last_eval = self.evaluate() if self.rank == 0 else None
+            if self.world > 1:  # rank 0 evaluates; its result (and so the stop decision) goes to every rank
+                self.last_eval = dist.broadcast_object(self.last_eval)
             self.wall_time += time.perf_counter() - t1
             stats["eval_success"] = self.last_eval["success_rate"]
             self.solved = self.last_eval["success_rate"] >= cfg.target_success
         return stats
 
     # ------------------------------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
+    def _rank_state(self) -> dict:
+        """What differs between ranks: RNGs, envs, current obs, recurrent states, burn-in prefix (on CPU)."""
         cpu = lambda d: {k: v.detach().clone().cpu() for k, v in d.items()}  # noqa: E731
         return {
-            "version": 1, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
             "env": self.env.state_dict(), "obs": self.obs.cpu(), "next_reset": self.next_reset.cpu(),
             "state": cpu(self.state),
             "prefix": None if self.prefix is None else {"obs": self.prefix["obs"].cpu(),
                                                         "reset": self.prefix["reset"].cpu(),
                                                         "state": cpu(self.prefix["state"])},
-            "counters": {"train_horizon": self.train_horizon, "update": self.update_idx, "env_steps": self.env_steps,
-                         "wall_time": self.wall_time, "solved": self.solved, "last_eval": self.last_eval},
         }
 
+    def state_dict(self) -> dict:
+        """The checkpoint. Distributed (a collective): rank 0's per-rank fields at the top level, every rank's
+        under "ranks"; model, optimizer and counters are the same on all ranks and stored once."""
+        ckpt = {"version": 1, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), **self._rank_state(), "world_size": self.world,
+                "counters": {"train_horizon": self.train_horizon, "update": self.update_idx,
+                             "env_steps": self.env_steps, "wall_time": self.wall_time, "solved": self.solved,
+                             "last_eval": self.last_eval}}
+        if self.world > 1:
+            ckpt["env"] = _to_cpu(ckpt["env"])
+            ckpt["ranks"] = dist.gather_objects(_to_cpu(self._rank_state()))
+        return ckpt
+
     def load_state_dict(self, ckpt: dict) -> None:
+        check_world_size(ckpt, self.world)
         dev = self.device
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.gen.set_state(ckpt["gen"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.env.load_state_dict(ckpt["env"])
-        self.obs, self.next_reset = ckpt["obs"].to(dev), ckpt["next_reset"].to(dev)
-        self.state = {k: v.to(dev) for k, v in ckpt["state"].items()}
-        p = ckpt["prefix"]
+        mine = ckpt["ranks"][self.rank] if self.world > 1 else ckpt
+        self.gen.set_state(mine["gen"])
+        torch.set_rng_state(mine["torch_rng"])
+        self.env.load_state_dict(mine["env"])
+        self.obs, self.next_reset = mine["obs"].to(dev), mine["next_reset"].to(dev)
+        self.state = {k: v.to(dev) for k, v in mine["state"].items()}
+        p = mine["prefix"]
         self.prefix = None if p is None else {"obs": p["obs"].to(dev), "reset": p["reset"].to(dev),
                                               "state": {k: v.to(dev) for k, v in p["state"].items()}}
         c = ckpt["counters"]
@@ -290,20 +357,53 @@ class PPOTrainer:
         self.solved, self.last_eval = c["solved"], c["last_eval"]
 
     def save(self, path: str) -> None:
-        """Atomic write: a crash mid-save never leaves a broken checkpoint."""
+        """Atomic write: a crash mid-save never leaves a broken checkpoint. Distributed: a collective; rank 0
+        writes."""
+        ckpt = self.state_dict()
+        if self.rank != 0:
+            return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
-        torch.save(self.state_dict(), tmp)
+        torch.save(ckpt, tmp)
         os.replace(tmp, path)
 
     @classmethod
     def from_checkpoint(cls, path: str, run_dir: str | None = None, **overrides) -> "PPOTrainer":
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        """Resume from `path`. Distributed: rank 0 reads the file and broadcasts it (no shared filesystem needed);
+        a checkpoint of another world size raises ValueError (check_world_size)."""
+        if dist.world_size() == 1:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            ckpt = dist.broadcast_object(torch.load(path, map_location="cpu", weights_only=False)
+                                         if dist.is_main() else None)
+        check_world_size(ckpt, dist.world_size(), path)
         cfg_dict = dict(ckpt["config"])
         cfg_dict.update(overrides)
         trainer = cls(Config(**cfg_dict), run_dir=run_dir)
         trainer.load_state_dict(ckpt)
         return trainer
+
+
+def _to_cpu(obj):
+    """Tensors in nested dicts/lists moved to the CPU (for gathering per-rank state)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def check_world_size(ckpt: dict, world: int, path: str = "the checkpoint") -> None:
+    """Resume needs the world size that wrote the checkpoint: each rank's envs, RNGs and recurrent states are
+    in it, and the batch (num_envs per rank x world size) would change. ValueError otherwise."""
+    saved = int(ckpt.get("world_size", 1))
+    if saved != world:
+        how = ("without torchrun (or with --nproc-per-node=1)" if saved == 1 else
+               f"under torchrun with {saved} processes in all (--nnodes x --nproc-per-node = {saved})")
+        raise ValueError(f"cannot resume {path}: it was written by a run of world size {saved} and this run has "
+                         f"world size {world}; resume it {how}")
 
 
 def load_policy(path: str, device="cpu"):

@@ -1,0 +1,156 @@
+"""Data-parallel helpers for `torchrun ... -m memrl train` (docs/distributed.md).
+
+Without torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) nothing here starts a process
+group and every helper is the identity: rank 0 of a world of 1. The trainer calls the helpers only
+where `world_size() > 1`, so the single-process path stays bit-identical.
+
+Under torchrun, `init()` starts the default process group with gloo for CPU tensors and, when CUDA
+is available, NCCL for CUDA tensors ("cpu:gloo,cuda:nccl": tensor collectives go by the tensor's
+device, object collectives through gloo), and pins this process to cuda:LOCAL_RANK.
+
+Every helper is a collective: all ranks must call the same helpers in the same order.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as tdist
+
+RANK_SEED_STRIDE = 1_000_003
+"""Rank r seeds its envs and action sampling with seed + r * RANK_SEED_STRIDE (rank 0: the plain seed)."""
+
+
+def launched() -> bool:
+    """True when started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init() -> bool:
+    """Start the process group when launched by torchrun with WORLD_SIZE > 1. Returns whether it did."""
+    if not launched() or tdist.is_initialized():
+        return tdist.is_initialized()
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    tdist.init_process_group(backend=backend)
+    return True
+
+
+def teardown(wait: bool = True) -> None:
+    """Wait for every rank (wait=True), then destroy the process group. Without the barrier a rank that finishes
+    first can tear gloo down while its last send to rank 0 (the final checkpoint gather) is in flight, and abort.
+    Pass wait=False on an error path: a rank that failed alone must exit, not wait for the others."""
+    if tdist.is_initialized():
+        if wait:
+            tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if tdist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """cuda -> cuda:LOCAL_RANK when distributed; mps cannot be used with gloo/NCCL (ValueError)."""
+    if world_size() == 1:
+        return device
+    if device.type == "cuda":
+        return torch.device("cuda", local_rank())
+    if device.type == "mps":
+        raise ValueError("distributed training supports cpu (gloo) and cuda (NCCL) devices, not mps")
+    return device
+
+
+def sum_values(*values: float, device="cpu") -> list[float]:
+    """Sum python numbers over ranks (float64, so integer counts stay exact and equal on all ranks)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def mean_values(*values: float, device="cpu") -> list[float]:
+    """Average python numbers over ranks."""
+    w = world_size()
+    return [v / w for v in sum_values(*values, device=device)]
+
+
+def all_true(flag: bool, device="cpu") -> bool:
+    """True on every rank iff `flag` is True on every rank."""
+    return sum_values(0.0 if flag else 1.0, device=device)[0] == 0.0
+
+
+def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of the union of every rank's `x` (any shape), equal on all ranks.
+
+    Accumulated in float64 from (count, sum, sum of squares) so the result does not depend on the split.
+    """
+    x64 = x.detach().double()
+    s = torch.stack([x64.new_tensor(float(x.numel())), x64.sum(), (x64 * x64).sum()])  # (3,)
+    if world_size() > 1:
+        tdist.all_reduce(s)
+    n, total, sq = s.unbind()
+    mean = total / n
+    var = (sq - n * mean * mean).clamp_min(0) / (n - 1).clamp_min(1)
+    return mean.to(x.dtype), var.sqrt().to(x.dtype)
+
+
+def average_gradients(params, local_bad: bool = False) -> int:
+    """Average the .grad of `params` over ranks with one flat all-reduce (in place).
+
+    Parameters whose grad is None (on every rank alike: the models are identical) are skipped.
+    `local_bad` (e.g. this rank's loss was not finite) rides along in the same buffer; returns the
+    number of ranks that reported it, so all ranks can stop together without another collective.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    flag = grads[0].new_full((1,), 1.0 if local_bad else 0.0)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flag])  # (sum of numels + 1,)
+    tdist.all_reduce(flat)
+    w = world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g) / w)
+        offset += g.numel()
+    return int(round(float(flat[-1])))
+
+
+def broadcast_params(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (a guard on top of identical seeding)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            tdist.broadcast(t.data, src=0)
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (picklable objects)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
