@@ -175,13 +175,17 @@ def _eval(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.cmd == "train":
-        return _train(args)
-    if args.cmd == "eval":
-        return _eval(args)
-    from .plot import plot_run
-    print(plot_run(args.run_dir))
-    return 0
+    try:
+        if args.cmd == "train":
+            return _train(args)
+        if args.cmd == "eval":
+            return _eval(args)
+        from .plot import plot_run
+        print(plot_run(args.run_dir))
+        return 0
+    except (ValueError, FileNotFoundError) as err:  # bad arguments or paths: one line, not a traceback
+        print(f"memrl {args.cmd}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,3 +40,13 @@ def test_resume_flag_continues(tmp_path):
     assert main(["train", "--resume", str(run), "--total-steps", "320", *base]) == 0
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["update"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
+    from memrl.cli import main
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "memrl eval: error:" in capsys.readouterr().err
+    assert main(["train", "--horizon", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "horizon must be >= 2" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err
