@@ -56,7 +56,7 @@ class DelayedCue:
             obs[:, :c] = noise * (self.t > 0).unsqueeze(1)
         at_start = self.t == 0
         obs[:, :c] += torch.nn.functional.one_hot(self.cue, c).float() * at_start.unsqueeze(1)
-        obs[:, c] = (self.t == self.horizon - 1).float()
+        obs[:, c] = (self.t >= self.horizon - 1).float()
         return obs
 
     def _new_cues(self, mask: torch.Tensor) -> None:
@@ -88,7 +88,7 @@ class DelayedCue:
         if actions.shape != (self.num_envs,) or actions.is_floating_point() or actions.is_complex():
             raise ValueError(f"actions must be an integer tensor of shape ({self.num_envs},), "
                              f"got {tuple(actions.shape)} {actions.dtype}")
-        at_query = self.t == self.horizon - 1
+        at_query = self.t >= self.horizon - 1  # >=: an episode past a shortened horizon ends now
         reward = (at_query & (actions.long() == self.cue)).float()
         terminated = at_query
         truncated = torch.zeros_like(terminated)

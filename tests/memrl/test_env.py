@@ -106,3 +106,17 @@ def test_gymnasium_registration():
         total += r
         assert term == (t == 4)
     assert total == 1.0 and info["success"]
+
+
+def test_shortened_horizon_ends_running_episodes():
+    """set_horizon below a running episode's step counter: that episode queries and ends on its next step."""
+    import torch
+    from memrl.envs import DelayedCue
+    env = DelayedCue(num_envs=3, horizon=50)
+    env.reset(seed=0)
+    for _ in range(30):
+        env.step(torch.zeros(3, dtype=torch.long))
+    env.set_horizon(10)
+    obs, reward, terminated, truncated, info = env.step(env.cue.clone())
+    assert terminated.all() and (reward == 1).all()
+    assert (env.t == 0).all()
