@@ -109,6 +109,19 @@ def resolve(device: torch.device) -> str:
     return "reference"
 
 
+def resolve_for_call(name: Optional[str], device: torch.device) -> str:
+    """The backend for one op call: `name` if given (checked like a forced one), else `resolve(device)`."""
+    if name is None:
+        return resolve(device)
+    _check_name(name)
+    if name == "auto":
+        return resolve(device)
+    ok, why = status(name, device)
+    if not ok:
+        raise BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
+    return name
+
+
 def backend_info() -> dict:
     """What is available and what auto would pick, per device type this machine has."""
     devices = ["cpu"]

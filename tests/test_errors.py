@@ -101,3 +101,13 @@ def test_unknown_backend_name(monkeypatch):
     monkeypatch.setenv("MAMBA_COMPAT_BACKEND", "fast")
     with pytest.raises(ValueError, match=r"unknown backend 'fast'"):
         mamba_chunk_scan_combined(**base())
+
+
+def test_per_call_backend_is_checked_alike_for_both_ops():
+    """backend= goes through one resolution for both ops: 'auto' picks, an unknown name is refused."""
+    out = selective_state_update(**su_base(), backend="auto")
+    assert out.shape == (2, 4, 8)
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'"):
+        selective_state_update(**su_base(), backend="fast")
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'"):
+        mamba_chunk_scan_combined(**base(), backend="fast")

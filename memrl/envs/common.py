@@ -1,4 +1,4 @@
-"""Helpers shared by the batched memory envs (TMaze, RepeatFirst): argument and action checks."""
+"""Helpers shared by the batched memory envs: argument checks (TMaze, RepeatFirst) and the action check (all)."""
 from __future__ import annotations
 
 import torch

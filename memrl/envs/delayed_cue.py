@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .common import check_actions
 from .spaces import Box, Discrete
 
 
@@ -84,10 +85,7 @@ class DelayedCue:
         """
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        actions = torch.as_tensor(actions, device=self.device)
-        if actions.shape != (self.num_envs,) or actions.is_floating_point() or actions.is_complex():
-            raise ValueError(f"actions must be an integer tensor of shape ({self.num_envs},), "
-                             f"got {tuple(actions.shape)} {actions.dtype}")
+        actions = check_actions(actions, self.num_envs, self.device)
         at_query = self.t >= self.horizon - 1  # >=: an episode past a shortened horizon ends now
         reward = (at_query & (actions.long() == self.cue)).float()
         terminated = at_query

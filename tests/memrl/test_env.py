@@ -120,3 +120,13 @@ def test_shortened_horizon_ends_running_episodes():
     obs, reward, terminated, truncated, info = env.step(env.cue.clone())
     assert terminated.all() and (reward == 1).all()
     assert (env.t == 0).all()
+
+
+def test_boolean_actions_are_refused():
+    import pytest
+    import torch
+    from memrl.envs import DelayedCue
+    env = DelayedCue(num_envs=2, horizon=5)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"actions must be an integer tensor of shape \(2,\)"):
+        env.step(torch.ones(2, dtype=torch.bool))

@@ -7,9 +7,6 @@ seq_idx, dt_softplus, dt_min, dt_max) -> (y, final_states)`, differentiable in e
 from __future__ import annotations
 
 import importlib
-import math
-
-import torch
 
 from ... import backends
 from ..checks import (check_chunk_size, check_dt_limit, check_groups, check_seq_idx, require_rank, require_same_device,
@@ -102,17 +99,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise NotImplementedError("cu_seqlens / return_varlen_states are not supported; express packed sequences "
                                   "with seq_idx instead")
     chunk_size, dt_min, dt_max = _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_limit)
-    name = backends.resolve(x.device) if backend is None else _forced_for_call(backend, x.device)
+    name = backends.resolve_for_call(backend, x.device)
     y, final = chunk_scan_impl(name)(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
                                      dt_min, dt_max)
     return (y, final) if return_final_states else y
 
-
-def _forced_for_call(name: str, device: torch.device) -> str:
-    backends._check_name(name)
-    if name == "auto":
-        return backends.resolve(device)
-    ok, why = backends.status(name, device)
-    if not ok:
-        raise backends.BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
-    return name

@@ -102,10 +102,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                          "selected rows of a larger cache")
     require_same_device(dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                              state_batch_indices=state_batch_indices))
-    name = backends.resolve(x.device) if backend is None else backend
-    if backend is not None:
-        ok, why = backends.status(name, x.device)
-        if not ok:
-            raise backends.BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
+    name = backends.resolve_for_call(backend, x.device)
     out = state_update_impl(name)(st, x4, dt4, A3, B3, C3, D2, z4, db2, dt_softplus, state_batch_indices)
     return out if has_heads else out.squeeze(1)
