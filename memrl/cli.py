@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-memory", action="store_true", help="disable the PseudoMode memory")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR/checkpoint.pt exactly")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA, launch the acting loop's kernels eagerly instead of replaying one CUDA graph")
     e = sub.add_parser("eval", help="evaluate a checkpoint on fresh episodes (greedy actions)")
     e.add_argument("checkpoint")
     e.add_argument("--episodes", type=int, default=1000)
@@ -74,6 +76,8 @@ def _train_ranks(args, dist) -> int:
     overrides = {n: getattr(args, n) for n in _TRAIN_FLAGS if getattr(args, n) is not None}
     if args.no_memory:
         overrides["memory"] = False
+    if args.no_cuda_graph:
+        overrides["cuda_graph"] = False
     if args.no_progress:
         overrides["progress"] = False
     if args.resume:

@@ -110,6 +110,8 @@ class Config:
     """Seed of the model init, the envs and action sampling."""
     device: str = "auto"
     """auto (cuda > mps > cpu), cpu, cuda or mps."""
+    cuda_graph: bool = True
+    """On CUDA, capture each rollout's acting loop as one CUDA graph and replay it (False = eager launches)."""
     out: str = "runs/memrl"
     """Run directory: checkpoint.pt, metrics.jsonl, curves.png, TensorBoard events."""
     tensorboard: bool = True

@@ -7,7 +7,8 @@ through time from the query back to the cue (T = horizon steps). For other T, `b
 the last `burn_in` steps of the previous rollout with gradient (from the state stored where that
 prefix began) before each sequence, so dependencies up to burn_in + 1 steps cross rollout boundaries.
 
-Sections of `train()`: rollout (acting under inference_mode) -> advantages (GAE) -> update (epochs x
+Sections of `train()`: rollout (acting under inference_mode; rollout.py, one CUDA graph per rollout on CUDA) ->
+advantages (GAE) -> update (epochs x
 minibatches of whole env sequences) -> logging / evaluation / checkpoint.
 
 Data parallel (under torchrun, see memrl/distributed.py and docs/distributed.md): every rank steps its own
@@ -29,6 +30,7 @@ from ..config import Config, resolve_device
 from ..envs import make_env
 from ..models import ActorCritic
 from .evaluate import evaluate_policy
+from .rollout import RolloutActor
 
 
 class NonFiniteError(RuntimeError):
@@ -91,6 +93,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device=self.device)  # action sampling and minibatch order
         self.gen.manual_seed(seed)
+        self.actor = RolloutActor(self.model, self.env, self.gen, use_cuda_graph=cfg.cuda_graph)
         self.obs, _ = self.env.reset(seed=seed)
         self.next_reset = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
         self.state = self.model.init_state(cfg.num_envs, self.device)
@@ -108,36 +111,12 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------- rollout
     def collect_rollout(self) -> dict:
-        cfg, model, n, length = self.cfg, self.model, self.cfg.num_envs, self.rollout_len
+        cfg, n, length = self.cfg, self.cfg.num_envs, self.rollout_len
         state0 = {k: v.clone() for k, v in self.state.items()}
-        snap_at = length - min(cfg.burn_in, length)
-        snapshot = state0 if snap_at == 0 else None
-        obs_l, reset_l, act_l, logp_l, val_l, rew_l, done_l, gate_l, succ_l = ([] for _ in range(9))
-        obs, reset, state = self.obs, self.next_reset, self.state
-        with torch.inference_mode():
-            for t in range(length):
-                out = model.act(obs, state, reset)
-                u = torch.rand(out.logits.shape, device=self.device, generator=self.gen)
-                actions = (out.logits - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)  # Gumbel-max sample
-                logp = out.logits.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-                next_obs, reward, term, trunc, info = self.env.step(actions)
-                succ_l.append(info["success"] if "success" in info else (reward > 0) & (term | trunc))
-                obs_l.append(obs), reset_l.append(reset), act_l.append(actions), logp_l.append(logp)
-                val_l.append(out.value), rew_l.append(reward), done_l.append(term | trunc)
-                if out.gate is not None:
-                    gate_l.append(out.gate)
-                obs, reset, state = next_obs, term | trunc, out.state
-                if t + 1 == snap_at:
-                    snapshot = {k: v.clone() for k, v in state.items()}
-            last_value = model.act(obs, state, reset).value
-        self.obs, self.next_reset = obs.clone(), reset.clone()
-        self.state = {k: v.clone() for k, v in state.items()}
-        stack = lambda xs: torch.stack(xs, dim=1)  # noqa: E731  list of (N, ...) -> (N, T, ...)
-        roll = {"obs": stack(obs_l), "reset": stack(reset_l), "actions": stack(act_l), "logp": stack(logp_l),
-                "values": stack(val_l), "rewards": stack(rew_l), "dones": stack(done_l), "state0": state0,
-                "last_value": last_value.clone(), "gate": stack(gate_l) if gate_l else None,
-                "success": stack(succ_l),
-                "snapshot": {k: v.clone() for k, v in snapshot.items()}}
+        snap_at = length - min(cfg.burn_in, length)  # burn-in: the state where next update's prefix begins
+        out = self.actor.run(self.obs, self.next_reset, self.state, length, snap_at)
+        self.obs, self.next_reset, self.state = out.pop("next_obs"), out.pop("next_reset"), out.pop("next_state")
+        roll = {**out, "state0": state0}
         finite = _all_finite([roll["values"], *self.state.values()])
         if self.world > 1:
             finite = dist.all_true(finite)

@@ -20,7 +20,9 @@ from ..ssd.triton_common import autotune_configs, pow2_at_least
 __all__ = ["state_update"]
 
 
-@triton.autotune(configs=autotune_configs(decode=True), key=["P", "N", "BP"])
+# restore_value: autotuning runs the kernel many times on the real arguments; without it the in-place state would
+# be advanced once per timing run on the first call of each key.
+@triton.autotune(configs=autotune_configs(decode=True), key=["P", "N", "BP"], restore_value=["state_ptr"])
 @triton.jit
 def state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, idx_ptr, out_ptr,

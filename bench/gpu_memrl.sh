@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# memrl on one CUDA GPU, in one go: CUDA tests (graph replay == eager, Mamba2 actor-critic CUDA == CPU, Triton
+# decode step), the throughput table (bench/memrl_speed.py), then DelayedCue-200 and -1000 solved from scratch
+# with 4096 envs (wall time includes kernel compilation and graph capture). Logs and results go to $OUT.
+#
+#   OUT=bench_out bash bench/gpu_memrl.sh [SOLVE_200_S] [SOLVE_1000_S]     (time limits in seconds)
+set -u
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+export PYTHONPATH=${PYTHONPATH:-.}:.
+export PYTHONUNBUFFERED=1
+LIMIT200=${1:-120}
+LIMIT1000=${2:-200}
+RUNS=${RUNS:-/tmp/memrl_runs}
+
+summary() {  # one line per logged update of a run: update, env steps, horizon, success, eval, wall, sps
+  python3 - "$1" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"  upd {r.get('update')} steps {r.get('env_steps')} H {r.get('train_horizon')} succ {r.get('success', 0):.3f} "
+          f"eval {r.get('eval_success', '-')} wall {r.get('wall', 0):.1f}s sps {r.get('sps', 0):.0f}")
+EOF
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+echo "== CUDA tests"
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/memrl/test_rollout.py "tests/test_triton.py::test_decode_step_vs_reference" \
+  tests/test_triton.py::test_decode_matches_reference_large_batch 2>&1 | tail -15
+
+echo "== throughput"
+timeout 150 python3 bench/memrl_speed.py --device cuda --envs 512,4096 --controllers mamba2,gru --repeats 3 2>&1 | tail -12
+
+for H in 200 1000; do
+  limit=$LIMIT200; [ "$H" = 1000 ] && limit=$LIMIT1000
+  echo "== solve DelayedCue-$H, 4096 envs, limit ${limit}s"
+  rm -rf "$RUNS/h$H"
+  start=$(date +%s.%N)
+  timeout -s INT "$limit" python3 -m memrl train --device cuda --num-envs 4096 --horizon "$H" --out "$RUNS/h$H" \
+    --no-progress 2>&1 | tail -4
+  echo "  command wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
+  summary "$RUNS/h$H/metrics.jsonl" | tail -25
+  cp "$RUNS/h$H/metrics.jsonl" "$OUT/delayedcue$H.jsonl" 2>/dev/null
+done
