@@ -3,14 +3,14 @@
 # decode step), the throughput table (bench/memrl_speed.py), then DelayedCue-200 and -1000 solved from scratch
 # with 4096 envs (wall time includes kernel compilation and graph capture). Logs and results go to $OUT.
 #
-#   OUT=bench_out bash bench/gpu_memrl.sh [SOLVE_200_S] [SOLVE_1000_S]     (time limits in seconds)
+#   OUT=bench_out bash bench/gpu_memrl.sh [HORIZON:LIMIT_S:MINIBATCHES ...]   (default: 200:120:8 1000:200:8)
+#   SKIP_SPEED=1 skips the tests and the throughput table (solves only).
 set -u
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-.}:.
 export PYTHONUNBUFFERED=1
-LIMIT200=${1:-120}
-LIMIT1000=${2:-200}
+SOLVES=${*:-200:120:8 1000:200:8}
 RUNS=${RUNS:-/tmp/memrl_runs}
 
 summary() {  # one line per logged update of a run: update, env steps, horizon, success, eval, wall, sps
@@ -26,6 +26,7 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
+if [ -z "${SKIP_SPEED:-}" ]; then
 echo "== CUDA tests"
 timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/memrl/test_rollout.py "tests/test_triton.py::test_decode_step_vs_reference" \
   tests/test_triton.py::test_decode_matches_reference_large_batch 2>&1 | tail -15
@@ -33,13 +34,15 @@ timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/memrl/test_rollout
 echo "== throughput"
 timeout 150 python3 bench/memrl_speed.py --device cuda --envs 512,4096 --controllers mamba2,gru --repeats 3 2>&1 | tail -12
 
-for H in 200 1000; do
-  limit=$LIMIT200; [ "$H" = 1000 ] && limit=$LIMIT1000
-  echo "== solve DelayedCue-$H, 4096 envs, limit ${limit}s"
+fi
+
+for spec in $SOLVES; do
+  IFS=: read -r H limit mb <<<"$spec"
+  echo "== solve DelayedCue-$H, 4096 envs, $mb minibatches, limit ${limit}s"
   rm -rf "$RUNS/h$H"
   start=$(date +%s.%N)
   timeout -s INT "$limit" python3 -m memrl train --device cuda --num-envs 4096 --horizon "$H" --out "$RUNS/h$H" \
-    --no-progress 2>&1 | tail -4
+    --num-minibatches "$mb" --no-progress 2>&1 | tail -4
   echo "  command wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
   summary "$RUNS/h$H/metrics.jsonl" | tail -25
   cp "$RUNS/h$H/metrics.jsonl" "$OUT/delayedcue$H.jsonl" 2>/dev/null

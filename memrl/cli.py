@@ -153,8 +153,12 @@ def _train_ranks(args, dist) -> int:
         png = f"(no plot: {err})"
     ev = trainer.last_eval or {}
     sps = (trainer.env_steps - steps0) / max(wall, 1e-9)
+    mem = ""
+    if trainer.device.type == "cuda":
+        import torch
+        mem = f", peak GPU memory {torch.cuda.max_memory_allocated(trainer.device) / 2**30:.1f} GiB"
     print(f"done: {trainer.env_steps} env steps ({trainer.env_steps - steps0} in {wall:.1f} s this session, {sps:.0f} "
-          f"steps/s overall), eval success {ev.get('success_rate', float('nan')):.3f} on {ev.get('episodes', 0)} fresh "
+          f"steps/s overall{mem}), eval success {ev.get('success_rate', float('nan')):.3f} on {ev.get('episodes', 0)} fresh "
           f"episodes, solved={trainer.solved}; checkpoint {ckpt}; curves {png}")
     return code
 
