@@ -42,7 +42,7 @@ for spec in $SOLVES; do
   rm -rf "$RUNS/h$H"
   start=$(date +%s.%N)
   timeout -s INT "$limit" python3 -m memrl train --device cuda --num-envs 4096 --horizon "$H" --out "$RUNS/h$H" \
-    --num-minibatches "$mb" --no-progress 2>&1 | tail -4
+    --num-minibatches "$mb" --no-progress ${EXTRA_ARGS:-} 2>&1 | tail -4
   echo "  command wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
   summary "$RUNS/h$H/metrics.jsonl" | tail -25
   cp "$RUNS/h$H/metrics.jsonl" "$OUT/delayedcue$H.jsonl" 2>/dev/null

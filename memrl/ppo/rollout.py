@@ -146,7 +146,8 @@ class RolloutActor:
         graph = torch.cuda.CUDAGraph()
         for g in self._generators():
             graph.register_generator_state(g)
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA calls of other threads (NCCL's watchdog under torchrun) must not invalidate the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._graphed_body(sb)
         return graph
 
