@@ -95,18 +95,22 @@ def all_true(flag: bool, device="cpu") -> bool:
     return sum_values(0.0 if flag else 1.0, device=device)[0] == 0.0
 
 
-def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased std of the union of every rank's `x` (any shape), equal on all ranks.
+def global_mean_std(x: torch.Tensor, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of the union of every rank's `x` (any shape), equal on all ranks; with per_row,
+    of each row x[i] separately (shape (G,) results), still in one all-reduce.
 
     Accumulated in float64 from (count, sum, sum of squares) so the result does not depend on the split.
     """
     x64 = x.detach().double()
-    s = torch.stack([x64.new_tensor(float(x.numel())), x64.sum(), (x64 * x64).sum()])  # (3,)
+    rows = x64.reshape(x64.shape[0] if per_row else 1, -1)  # (G, elements per row)
+    s = torch.stack([torch.full_like(rows[:, 0], rows.shape[1]), rows.sum(1), (rows * rows).sum(1)], 1)  # (G, 3)
     if world_size() > 1:
         tdist.all_reduce(s)
-    n, total, sq = s.unbind()
+    n, total, sq = s.unbind(1)
     mean = total / n
     var = (sq - n * mean * mean).clamp_min(0) / (n - 1).clamp_min(1)
+    if not per_row:
+        mean, var = mean[0], var[0]
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 

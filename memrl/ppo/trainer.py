@@ -154,6 +154,8 @@ class PPOTrainer:
         stop = False
         for epoch in range(cfg.update_epochs):
             perm = torch.randperm(n, device=self.device, generator=self.gen)
+            if cfg.norm_adv and self.world > 1:  # statistics of each global minibatch (union over ranks), all at once
+                mb_mean, mb_std = dist.global_mean_std(adv[perm].view(n // mb, -1), per_row=True)  # (n_mb,) each
             for start in range(0, n, mb):
                 idx = perm[start:start + mb]
                 obs, reset, state, skip = self._sequences(roll, idx)
@@ -168,9 +170,8 @@ class PPOTrainer:
                     approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, Schulman 2020 "Approximating KL"
                     clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
                 a = adv[idx]
-                if cfg.norm_adv and self.world > 1:  # statistics of the global minibatch (union over ranks)
-                    a_mean, a_std = dist.global_mean_std(a)
-                    a = (a - a_mean) / (a_std + 1e-8)
+                if cfg.norm_adv and self.world > 1:
+                    a = (a - mb_mean[start // mb]) / (mb_std[start // mb] + 1e-8)
                 elif cfg.norm_adv:
                     a = (a - a.mean()) / (a.std() + 1e-8)
                 pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()

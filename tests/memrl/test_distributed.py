@@ -190,3 +190,14 @@ def test_resume_with_another_world_size_refuses(dist_run, capsys):
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+
+
+def test_global_mean_std_per_row_in_one_process():
+    from memrl import distributed as dist
+    x = torch.randn(4, 6, 5, dtype=torch.float32)
+    mean, std = dist.global_mean_std(x, per_row=True)
+    torch.testing.assert_close(mean, x.reshape(4, -1).mean(1))
+    torch.testing.assert_close(std, x.reshape(4, -1).std(1))
+    m, s = dist.global_mean_std(x)
+    torch.testing.assert_close(m, x.mean())
+    torch.testing.assert_close(s, x.std())
