@@ -20,9 +20,11 @@ def autotune_configs(bp: bool = False, decode: bool = False, bwd: bool = False, 
     light: a sequential pass with one matmul per chunk (more programs pay: small BP first).
     """
     single = interpreting() or os.environ.get("MAMBA_COMPAT_TRITON_AUTOTUNE", "1") == "0"
-    if decode:
-        ws = (4,) if single else (4, 8)
-        return [triton.Config({}, num_warps=w, num_stages=1) for w in ws]
+    if decode:  # BP: rows of the head dim per program
+        if single:
+            return [triton.Config({"BP": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BP": bp}, num_warps=w, num_stages=1)
+                for bp, w in ((4, 1), (8, 2), (8, 4), (16, 4), (32, 4), (64, 4), (64, 8))]
     if single:
         warps = 4 if (interpreting() or not bwd) else 8
         return [triton.Config({"BP": 16 if (interpreting() or light) else 32} if bp else {}, num_warps=warps,

@@ -20,9 +20,19 @@ from ..ssd.triton_common import autotune_configs, pow2_at_least
 __all__ = ["state_update"]
 
 
+def _prune_decode_configs(configs, named_args, **kwargs):
+    """Drop tiles taller than P (rounded up to a power of two) and tiles over 8192 state elements."""
+    p, bn = named_args["P"], pow2_at_least(named_args["N"], 1)
+    keep = [c for c in configs if c.kwargs["BP"] <= pow2_at_least(p, 1) and c.kwargs["BP"] * bn <= 8192]
+    return keep or [min(configs, key=lambda c: c.kwargs["BP"])]
+
+
 # restore_value: autotuning runs the kernel many times on the real arguments; without it the in-place state would
 # be advanced once per timing run on the first call of each key.
-@triton.autotune(configs=autotune_configs(decode=True), key=["P", "N", "BP"], restore_value=["state_ptr"])
+# BP (rows of P per program) is tuned per (P, N, batch size class): few large tiles suit small batches (one
+# program per head), many small ones keep more bytes in flight for large batches.
+@triton.autotune(configs=autotune_configs(decode=True), key=["P", "N", "BATCH_CLASS"], restore_value=["state_ptr"],
+                 prune_configs_by={"early_config_prune": _prune_decode_configs})
 @triton.jit
 def state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, idx_ptr, out_ptr,
@@ -37,8 +47,9 @@ def state_update_kernel(
     szb, szh, szp,
     sbh, sbp,
     sob, soh, sop,
+    BATCH_CLASS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_IDX: tl.constexpr,
-    SOFTPLUS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    SOFTPLUS: tl.constexpr, A_PER_ROW: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -65,12 +76,17 @@ def state_update_kernel(
         dt += tl.load(dtb_ptr + h * sbh + offs_p * sbp, mask=pmask, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))
-    A = tl.load(A_ptr + h * sAh + offs_p[:, None] * sAp + offs_n[None, :] * sAn,
-                mask=pmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+    if A_PER_ROW:  # A constant along N (Mamba2: one A per head): one exp per row instead of per element
+        A = tl.load(A_ptr + h * sAh + offs_p * sAp, mask=pmask, other=0.0).to(tl.float32)
+        decay = tl.exp(dt * A)[:, None]  # (BP, 1)
+    else:
+        A = tl.load(A_ptr + h * sAh + offs_p[:, None] * sAp + offs_n[None, :] * sAn,
+                    mask=pmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+        decay = tl.exp(dt[:, None] * A)  # (BP, BN)
     Bv = tl.load(B_ptr + pid_b * sBb + g * sBg + offs_n * sBn, mask=nmask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + pid_b * sCb + g * sCg + offs_n * sCn, mask=nmask, other=0.0).to(tl.float32)
 
-    s = s * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv[None, :]
+    s = s * decay + (dt * x)[:, None] * Bv[None, :]
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=smask)
     out = tl.sum(s * Cv[None, :], 1)  # (BP,)
     if HAS_D:
@@ -83,31 +99,24 @@ def state_update_kernel(
     tl.store(out_ptr + pid_b * sob + h * soh + offs_p * sop, out.to(out_ptr.dtype.element_ty), mask=pmask)
 
 
-def _block_p(p: int, n: int) -> int:
-    """Rows of P per program: about 4096 state elements per program (16 KB of fp32)."""
-    bn = pow2_at_least(n, 1)
-    bp = max(1, min(pow2_at_least(p, 1), 4096 // bn))
-    return bp
-
-
 def state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
     """state (S, H, P, N) updated in place; x/dt/z (b, H, P); A (H, P, N); B/C (b, G, N); D/dt_bias (H, P);
     state_batch_indices (b,) int or None -> out (b, H, P) in x.dtype."""
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     out = torch.empty((b, h, p), dtype=x.dtype, device=x.device)
-    bp = _block_p(p, n)
     zs = z.stride() if z is not None else (0, 0, 0)
     Ds = D.stride() if D is not None else (0, 0)
     bs = dt_bias.stride() if dt_bias is not None else (0, 0)
-    grid = (b, h, triton.cdiv(p, bp))
+    grid = lambda meta: (b, h, triton.cdiv(p, meta["BP"]))  # noqa: E731
     state_update_kernel[grid](
         state, x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
         x if state_batch_indices is None else state_batch_indices, out,
         h, p, n, h // g,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *Ds, *zs, *bs,
-        *out.stride(),
+        *out.stride(), max(b, 1).bit_length(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None,
-        HAS_IDX=state_batch_indices is not None, SOFTPLUS=bool(dt_softplus), BP=bp, BN=pow2_at_least(n, 1),
+        HAS_IDX=state_batch_indices is not None, SOFTPLUS=bool(dt_softplus), A_PER_ROW=A.stride(2) == 0,
+        BN=pow2_at_least(n, 1),
     )
     return out
