@@ -114,15 +114,16 @@ def global_mean_std(x: torch.Tensor, per_row: bool = False) -> tuple[torch.Tenso
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 
-def average_gradients(params, local_bad: bool = False) -> int:
+def average_gradients(params, local_bad: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Average the .grad of `params` over ranks with one flat all-reduce (in place).
 
     Parameters whose grad is None (on every rank alike: the models are identical) are skipped.
-    `local_bad` (e.g. this rank's loss was not finite) rides along in the same buffer; returns the
-    number of ranks that reported it, so all ranks can stop together without another collective.
+    `local_bad` (1 if e.g. this rank's loss was not finite; a 0-d tensor or a number) rides along in the same
+    buffer; returns the number of ranks that reported it as a 0-d tensor on the gradients' device (no host
+    sync), equal on all ranks, so all ranks can stop together without another collective.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    flag = grads[0].new_full((1,), 1.0 if local_bad else 0.0)
+    flag = torch.as_tensor(local_bad, dtype=grads[0].dtype, device=grads[0].device).reshape(1)
     flat = torch.cat([g.reshape(-1) for g in grads] + [flag])  # (sum of numels + 1,)
     tdist.all_reduce(flat)
     w = world_size()
@@ -130,7 +131,7 @@ def average_gradients(params, local_bad: bool = False) -> int:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g) / w)
         offset += g.numel()
-    return int(round(float(flat[-1])))
+    return flat[-1].round()
 
 
 def broadcast_params(module: torch.nn.Module) -> None:

@@ -148,8 +148,11 @@ class PPOTrainer:
         if success is None:
             success = self.rollout_stats(roll)["success"]
         gate_coef = cfg.gate_coef if success >= cfg.gate_penalty_after else 0.0
-        stats = {"approx_kl": 0.0, "clipfrac": 0.0, "pg_loss": 0.0, "v_loss": 0.0, "entropy": 0.0, "gate_loss": 0.0,
-                 "grad_norm": 0.0}
+        # Statistics and finite checks stay on the device until the end of the update: a host sync per minibatch
+        # would stall the host until the GPU drains, so its kernel launches could not overlap the GPU's work.
+        stats = {k: torch.zeros((), device=self.device) for k in ("approx_kl", "clipfrac", "pg_loss", "v_loss",
+                                                                   "entropy", "gate_loss", "grad_norm")}
+        first_bad = torch.full((), -1, device=self.device)  # first minibatch with a non-finite loss (any rank) or grad norm
         count = 0
         stop = False
         for epoch in range(cfg.update_epochs):
@@ -183,37 +186,37 @@ class PPOTrainer:
                     v_loss = 0.5 * ((values - ret) ** 2).mean()
                 gate_loss = out.gate[:, skip:].mean() if out.gate is not None else values.new_zeros(())
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + gate_coef * gate_loss
-                loss_finite = bool(torch.isfinite(loss))
-                if not loss_finite and self.world == 1:
-                    raise NonFiniteError(f"non-finite loss at update {self.update_idx + 1}, epoch {epoch}: "
-                                         f"{_terms(pg_loss, v_loss, entropy, gate_loss)}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                loss_bad = (~torch.isfinite(loss.detach())).float()
                 if self.world > 1:  # mean of the ranks' gradients = gradient of the global minibatch's mean loss
-                    bad_ranks = dist.average_gradients(model.parameters(), local_bad=not loss_finite)
-                    if bad_ranks:
-                        raise NonFiniteError(f"non-finite loss on {bad_ranks} of {self.world} ranks at update "
-                                             f"{self.update_idx + 1}, epoch {epoch} (rank {self.rank}: "
-                                             f"{_terms(pg_loss, v_loss, entropy, gate_loss)})")
+                    loss_bad = dist.average_gradients(model.parameters(), local_bad=loss_bad)  # ranks reporting one
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if not torch.isfinite(grad_norm):
-                    raise NonFiniteError(f"non-finite gradient norm at update {self.update_idx + 1}, epoch {epoch}")
+                mb_bad = (loss_bad > 0) | ~torch.isfinite(grad_norm)
+                first_bad = torch.where((first_bad < 0) & mb_bad, count, first_bad)
                 self.optimizer.step()
                 for k, v in (("approx_kl", approx_kl), ("clipfrac", clipfrac), ("pg_loss", pg_loss),
                              ("v_loss", v_loss), ("entropy", entropy), ("gate_loss", gate_loss),
                              ("grad_norm", grad_norm)):
-                    stats[k] += float(v.detach())
+                    stats[k] += v.detach()
                 count += 1
-            if cfg.target_kl > 0:
-                kl = stats["approx_kl"] / count
+            if cfg.target_kl > 0:  # one host sync per epoch, only with the early stop on
+                kl = float(stats["approx_kl"]) / count
                 if self.world > 1:  # decided from the rank mean: identical on every rank
                     kl = dist.mean_values(kl)[0]
                 if kl > cfg.target_kl:
                     stop = True
                     break
+        first = int(first_bad)  # equal on every rank: the loss flags were all-reduced and the gradients are identical
+        if first >= 0:
+            per_epoch = -(-n // mb)
+            raise NonFiniteError(f"non-finite loss or gradient norm at update {self.update_idx + 1}, epoch "
+                                 f"{first // per_epoch}, minibatch {first % per_epoch}"
+                                 + (f" (on some of {self.world} ranks)" if self.world > 1 else "")
+                                 + f"; last minibatch: {_terms(pg_loss, v_loss, entropy, gate_loss)}")
         if not _all_finite(p for p in model.parameters()):
             raise NonFiniteError(f"non-finite parameters after update {self.update_idx + 1}")
-        stats = {k: v / count for k, v in stats.items()}
+        stats = dict(zip(stats, (torch.stack(list(stats.values())) / count).tolist()))  # one host sync
         if self.world > 1:
             stats = dict(zip(stats, dist.mean_values(*stats.values())))
             var_ret = dist.global_mean_std(returns)[1] ** 2

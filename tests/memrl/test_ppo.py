@@ -92,3 +92,16 @@ def test_non_finite_state_raises():
     trainer = PPOTrainer(small(horizon=5, num_envs=8, num_minibatches=1, debug_nan_at_update=1))
     with pytest.raises(NonFiniteError):
         trainer.train_step()
+
+
+def test_non_finite_loss_in_the_update_raises_at_its_end():
+    """The loss and gradient-norm checks stay on the device during the update (no per-minibatch host sync) and
+    raise once it ends, naming the first minibatch that failed; the caller never saves such a state."""
+    trainer = PPOTrainer(small(horizon=5, num_envs=8, num_minibatches=2))
+    roll = trainer.collect_rollout()
+    with torch.inference_mode():
+        roll["values"][0, 0] = float("nan")  # env 0's value target: NaN advantages in its minibatch
+    perm = torch.randperm(8, generator=trainer.gen.clone_state())  # the update's first minibatch order
+    first = 0 if 0 in perm[:4].tolist() else 1  # the minibatch that holds env 0
+    with pytest.raises(NonFiniteError, match=rf"non-finite loss or gradient norm at update 1, epoch 0, minibatch {first}"):
+        trainer.update(roll)
