@@ -74,6 +74,42 @@ def test_forward_and_grads_vs_naive(case):
         assert_close(f"d{name}", r, a, 10 * TOL[torch.float32], atol_floor=1e-2)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_split_forward_equals_one_launch_and_oracle(k, monkeypatch):
+    """The chunk-parallel forward (state pass + y over groups of k chunks), forced: y and final states equal the
+    one-launch forward and the oracle, with seq_idx changes across group borders, initial states, z, D, a
+    ragged last chunk, and a gradient through it."""
+    kw = make_problem(b=2, l=87, h=2, p=16, g=1, n=16, D="hp", dtype=torch.float32, device=DEV, requires_grad=True,
+                      seed=5, seq_idx=torch.tensor([[0] * 32 + [1] * 38 + [2] * 17, [4] * 87]))
+    opts = dict(dt_softplus=True)
+    monkeypatch.setenv("MAMBA_COMPAT_TRITON_FWD_SPLIT", "0")
+    y1, fin1 = _run(tssd.chunk_scan, kw, 16, **opts)
+    monkeypatch.setenv("MAMBA_COMPAT_TRITON_FWD_SPLIT", str(k))
+    assert tssd.fwd_split(2, 2, 16, 6, torch.device(DEV)) == (k if k < 6 else 0)
+    y, fin = _run(tssd.chunk_scan, kw, 16, **opts)
+    ref = _oracle_inputs(kw)
+    y_r, fin_r = _run(naive.ssd_naive, ref, 16, **opts)
+    assert_close("y", y_r, y, TOL[torch.float32])
+    assert_close("final_states", fin_r, fin, TOL[torch.float32])
+    assert_close("y vs one launch", y1.double(), y, 1e-5)
+    assert torch.equal(fin, fin1)  # the state pass computes the final state exactly as the one-launch forward
+    gx, = torch.autograd.grad(y.sum(), [kw["x"]])
+    gx_r, = torch.autograd.grad(y_r.sum(), [ref["x"]])
+    assert_close("dx", gx_r, gx, 10 * TOL[torch.float32], atol_floor=1e-2)
+
+
+def test_split_forward_heuristic():
+    """Split only for long sequences with few programs per SM (and never off CUDA unless forced)."""
+    assert tssd.fwd_split(8, 32, 64, 32, torch.device("cpu")) == 0
+    if CUDA:
+        dev = torch.device("cuda")
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        assert tssd.fwd_split(64, 32, 64, 32, dev) == 0  # many (b, h): one launch
+        assert tssd.fwd_split(1, 4, 64, 4, dev) == 0  # few chunks: one launch
+        k = tssd.fwd_split(1, 8, 64, 64, dev)
+        assert 0 < k < 64 and 8 * 2 * (-(-64 // k)) <= 8 * sms
+
+
 def test_gradient_from_final_states_only():
     """The loss sees only final_states: the gradient must still reach every input through the recurrence."""
     kw = make_problem(b=1, l=33, h=2, p=16, g=1, n=16, D="h", z=True, dtype=torch.float32, device=DEV,

@@ -1,6 +1,7 @@
 """The `triton` SSD backend: our own Triton kernels, registered as torch.library custom ops.
 
-Forward: one launch (triton_fwd.ssd_fwd_kernel), the inter-chunk recurrence carried in registers.
+Forward: one launch (triton_fwd.ssd_fwd_kernel), the inter-chunk recurrence carried in registers; for long
+sequences with few (batch, head) pairs, two (a light state pass, then y over groups of chunks; fwd_split).
 Backward: three launches (a state pass storing the state entering each chunk, a reverse pass storing the
 gradient on each of them, both light and sequential over chunks, then one chunk-parallel kernel for
 every input gradient; triton_bwd) plus small PyTorch sums over heads / batch / chunks.
@@ -16,6 +17,7 @@ not depend on it.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -55,33 +57,77 @@ def _common_args(x, dt, B, C, D, z, seq_idx):
     return [*x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zs], ss, ds
 
 
+def fwd_split(b: int, h: int, p: int, nchunks: int, device) -> int:
+    """K, the chunks per group of the split (chunk-parallel) forward, or 0 for the one-launch forward.
+
+    The one-launch forward has one program per (head-dim block, b*h), each walking every chunk: with few
+    (b, h) and long sequences the GPU runs a couple of programs per SM through a long sequential loop.
+    The split forward runs a light state pass, then y over (head-dim block, b*h, group of K chunks).
+    Chosen when there are fewer than 4 programs per SM and at least 8 chunks, with about 4 programs per
+    SM after the split. MAMBA_COMPAT_TRITON_FWD_SPLIT=K forces K (0 = never split)."""
+    forced = os.environ.get("MAMBA_COMPAT_TRITON_FWD_SPLIT")
+    if forced is not None:
+        k = int(forced)
+        return k if 0 < k < nchunks else 0
+    if device.type != "cuda" or nchunks < 8:
+        return 0
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = b * h * triton_cdiv(p, 32)
+    if programs >= 4 * sms:
+        return 0
+    groups = min(nchunks, triton_cdiv(4 * sms, programs))
+    return triton_cdiv(nchunks, groups)
+
+
+def _fwd_launch(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, dt_softplus, dt_min, dt_max, q, precision, y, final,
+                states, k, split):
+    """One launch of ssd_fwd_kernel: y (one-launch or, with split, the groups' y from `states`) or, with y None,
+    the state pass writing every k-th chunk-entry state to `states`."""
+    b, L, h, p = x.shape
+    n = B.shape[3]
+    strides, ss, ds = _common_args(x, dt, B, C, D, z, seq_idx)
+    ys = y.stride() if y is not None else (0, 0, 0, 0)
+    ngroups = triton_cdiv(triton_cdiv(L, q), k)
+    grid = lambda meta: (triton_cdiv(p, meta["BP"]), b * h, ngroups if split else 1)  # noqa: E731
+    dummy = x
+    ssd_fwd_kernel[grid](
+        x, dt, A, B, C, _or(D, dummy), _or(z, dummy), _or(dt_bias, dummy), _or(init, dummy), _or(seq_idx, dummy),
+        _or(y, dummy), final, _or(states, final),
+        L, h, p, n, h // B.shape[2], float(dt_min), float(dt_max),
+        *strides, *ys, *ss, *ds,
+        HAS_INIT=init is not None, COMPUTE_Y=y is not None, STORE_STATES=y is None, SPLIT=split, K=k,
+        Q=q, BN=pow2_at_least(n), DOT_PREC=precision, UPCAST=upcast_dots(x.dtype),
+        **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
+    )
+
+
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
             states=None):
-    """Forward launch. With `states` (B*H, nchunks + 1, P, N) given (fp32, or x.dtype for 16-bit x), run the
-    state pass instead: no y; the state entering each chunk and the final one are written there.
+    """Forward. With `states` (B*H, nchunks + 1, P, N) given (fp32, or x.dtype for 16-bit x), run the
+    backward's state pass instead: no y; the state entering each chunk and the final one are written there.
     Returns (y (B, L, H, P) or None, final_states (B, H, P, N) fp32)."""
     b, L, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    q = kernel_chunk(chunk_size, L, backward=states is not None)
+    n = B.shape[3]
+    backward = states is not None
+    q = kernel_chunk(chunk_size, L, backward=backward)
+    precision = dot_precision(x.dtype, backward=backward)
     A = A.contiguous()
     dt_bias = dt_bias.contiguous() if dt_bias is not None else None
     init = initial_states.contiguous() if initial_states is not None else None
     final = torch.empty((b, h, p, n), dtype=torch.float32, device=x.device)
-    compute_y = states is None
-    y = torch.empty((b, L, h, p), dtype=x.dtype, device=x.device) if compute_y else None
-    strides, ss, ds = _common_args(x, dt, B, C, D, z, seq_idx)
-    ys = y.stride() if y is not None else (0, 0, 0, 0)
-    dummy = x
-    grid = lambda meta: (triton_cdiv(p, meta["BP"]), b * h)  # noqa: E731
-    ssd_fwd_kernel[grid](
-        x, dt, A, B, C, _or(D, dummy), _or(z, dummy), _or(dt_bias, dummy), _or(init, dummy), _or(seq_idx, dummy),
-        _or(y, dummy), final, _or(states, final),
-        L, h, p, n, h // g, float(dt_min), float(dt_max),
-        *strides, *ys, *ss, *ds,
-        HAS_INIT=init is not None, COMPUTE_Y=compute_y, STORE_STATES=not compute_y,
-        Q=q, BN=pow2_at_least(n), DOT_PREC=dot_precision(x.dtype, backward=states is not None),
-        UPCAST=upcast_dots(x.dtype), **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
-    )
+    args = (x, dt, A, B, C, D, z, dt_bias, init, seq_idx, dt_softplus, dt_min, dt_max, q, precision)
+    if backward:
+        _fwd_launch(*args, None, final, states, 1, False)
+        return None, final
+    y = torch.empty((b, L, h, p), dtype=x.dtype, device=x.device)
+    nchunks = triton_cdiv(L, q)
+    k = fwd_split(b, h, p, nchunks, x.device)
+    if k:  # state pass (every k-th chunk-entry state, fp32), then y over groups of k chunks
+        group_states = torch.empty((b * h, triton_cdiv(nchunks, k) + 1, p, n), dtype=torch.float32, device=x.device)
+        _fwd_launch(*args, None, final, group_states, k, False)
+        _fwd_launch(*args, y, final, group_states, k, True)
+    else:
+        _fwd_launch(*args, y, final, None, 1, False)
     return y, final
 
 

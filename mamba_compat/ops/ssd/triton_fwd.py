@@ -9,8 +9,11 @@ trip. Per chunk (c = chunk-local cumsum of dt*A, r = resets seen so far in the c
           + D x,  then * silu(z)
     S    <- exp(c_last) [no reset in chunk] * S + (x * dt * exp(c_last - c) [r == r_last])^T @ B
 
-The same kernel with COMPUTE_Y=False and STORE_STATES=True is the first backward pass: it writes
-the state entering every chunk (and the final one) to `states` (B*H, nchunks + 1, P, N) fp32.
+The same kernel with COMPUTE_Y=False and STORE_STATES=True is a light state pass: it writes the state
+entering every K-th chunk (and the final one) to `states` (B*H, cdiv(nchunks, K) + 1, P, N). With K = 1 it
+is the first backward pass. With SPLIT (a chunk-parallel forward for long sequences with few (b, h)
+programs), a second launch computes y with a third grid axis over groups of K chunks: each program
+starts from the stored state entering its group and carries it over the group's K chunks.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def chunk_resets(seq_row, t, tmask, ssl, Q: tl.constexpr, HAS_SEQ: tl.constexpr)
     return r
 
 
-@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES"])
+@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES", "SPLIT", "K"])
 @triton.jit
 def ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, init_ptr, seq_ptr,
@@ -66,7 +69,7 @@ def ssd_fwd_kernel(
     sDh, sDp,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-    COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
+    COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr, SPLIT: tl.constexpr, K: tl.constexpr,
     Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -96,16 +99,26 @@ def ssd_fwd_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + h * sDh + offs_p * sDp, mask=pmask, other=0.0).to(tl.float32)  # (BP,)
 
-    if HAS_INIT:
-        state = tl.load(init_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros([BP, BN], dtype=tl.float32)
-
     nchunks = tl.cdiv(L, Q)
-    st_base = states_ptr + pid_bh * (nchunks + 1) * P * N
-    for ci in range(0, nchunks):
+    ngroups = tl.cdiv(nchunks, K)
+    st_base = states_ptr + pid_bh * (ngroups + 1) * P * N
+    if SPLIT:  # one group of K chunks, from the state the state pass stored for it
+        grp = tl.program_id(2)
+        c_lo = grp * K
+        c_hi = tl.minimum(c_lo + K, nchunks)
+        state = tl.load(st_base + grp * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+    else:
+        c_lo = 0
+        c_hi = nchunks
+        if HAS_INIT:
+            state = tl.load(init_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+        else:
+            state = tl.zeros([BP, BN], dtype=tl.float32)
+
+    for ci in range(c_lo, c_hi):
         if STORE_STATES:
-            tl.store(st_base + ci * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+            if ci % K == 0:
+                tl.store(st_base + (ci // K) * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         t = ci * Q + offs_q
         tmask = t < L
         t = t.to(tl.int64)
@@ -149,5 +162,6 @@ def ssd_fwd_kernel(
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + mm(tl.trans(xw), Bm, DOT_PREC, UPCAST)  # (BP, BN)
     if STORE_STATES:
-        tl.store(st_base + nchunks * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
-    tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)
+        tl.store(st_base + ngroups * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+    if not SPLIT:
+        tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)
