@@ -73,3 +73,29 @@ def mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     else:
         c = tl.dot(a, b, input_precision=PREC)
     return c
+
+
+@triton.jit
+def program_tile(pid_bh, pid_p, H, HPG, P, N, BP: tl.constexpr, BN: tl.constexpr):
+    """Indices of a program over (block pid_p of BP head-dim rows, pid_bh = b*H + h): batch b, head h, group g,
+    offs_p (BP,), offs_n (BN,), their masks, and the (BP, BN) mask and offsets within one (P, N) state."""
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // HPG
+    offs_p = pid_p * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pmask = offs_p < P
+    nmask = offs_n < N
+    pn_mask = pmask[:, None] & nmask[None, :]
+    pn_offs = offs_p[:, None] * N + offs_n[None, :]
+    return b, h, g, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs
+
+
+@triton.jit
+def head_scalars(A_ptr, dtb_ptr, h, HAS_DTB: tl.constexpr):
+    """(A, dt_bias) of head h as fp32 scalars (dt_bias 0 without one)."""
+    A = tl.load(A_ptr + h).to(tl.float32)
+    dtb = 0.0
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + h).to(tl.float32)
+    return A, dtb

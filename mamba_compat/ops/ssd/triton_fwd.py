@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import autotune_configs, mm
+from .triton_common import autotune_configs, head_scalars, mm, program_tile
 
 
 @triton.jit
@@ -74,21 +74,9 @@ def ssd_fwd_kernel(
 ):
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
-    b = pid_bh // H
-    h = pid_bh % H
-    g = h // HPG
+    b, h, g, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs = program_tile(pid_bh, pid_p, H, HPG, P, N, BP, BN)
     offs_q = tl.arange(0, Q)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    pmask = offs_p < P
-    nmask = offs_n < N
-    pn_mask = pmask[:, None] & nmask[None, :]
-    pn_offs = offs_p[:, None] * N + offs_n[None, :]  # within one (P, N) state
-
-    A = tl.load(A_ptr + h).to(tl.float32)
-    dtb = 0.0
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + h).to(tl.float32)
+    A, dtb = head_scalars(A_ptr, dtb_ptr, h, HAS_DTB)
     x_row = x_ptr + b * sxb + h * sxh
     dt_row = dt_ptr + b * sdb + h * sdh
     B_row = B_ptr + b * sBb + g * sBg
