@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from memrl import distributed as dist  # noqa: E402
 from memrl.config import Config  # noqa: E402
 from memrl.ppo import PPOTrainer  # noqa: E402
+from timing import sync  # noqa: E402  (bench/ is the script's directory, first on sys.path)
 
 
 def main():
@@ -36,15 +37,14 @@ def main():
     cfg = Config(num_envs=args.envs, horizon=args.horizon, curriculum_start=0, device=args.device, progress=False,
                  tensorboard=False, eval_interval=10**9, eval_trigger=2.0)
     trainer = PPOTrainer(cfg)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(2):
         trainer.train_step()
-    sync()
+    sync(trainer.device)
     dist.sum_values(0.0)  # all ranks start the clock together
     t0 = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_step()
-    sync()
+    sync(trainer.device)
     seconds = dist.mean_values(time.perf_counter() - t0)[0]
     world = trainer.world
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])

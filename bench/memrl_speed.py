@@ -23,11 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from memrl.config import Config  # noqa: E402
 from memrl.ppo import PPOTrainer  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import sync as _sync  # noqa: E402  (bench/ is the script's directory, first on sys.path)
 
 
 def _timed(fn, device, repeats):

@@ -15,17 +15,11 @@ import torch
 
 from mamba_compat import backends, mamba_chunk_scan_combined, selective_state_update
 from shapes import CPU_SHAPES, GPU_SHAPES, Shape
+from timing import sync as _sync
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else [])
 BACKENDS = ["naive", "reference", "triton", "metal"]
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
 
 
 def _cases():

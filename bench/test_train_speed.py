@@ -13,6 +13,7 @@ import torch
 
 from memrl.config import Config
 from memrl.ppo import PPOTrainer
+from timing import sync as _sync
 
 NUM_ENVS = int(os.environ.get("MEMRL_BENCH_ENVS", "512"))
 DEVICE = os.environ.get("MEMRL_BENCH_DEVICE", "auto")
@@ -36,11 +37,6 @@ def _trainer(controller):
     trainer = PPOTrainer(cfg)
     trainer.collect_rollout()  # warm-up (allocations, lazy inits)
     return trainer
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)

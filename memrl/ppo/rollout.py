@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import torch
 
-RECORDS = ("obs", "reset", "actions", "logp", "values", "rewards", "dones", "success", "gate")
-
-
 def env_tensors(env) -> dict:
     """The env's mutable tensor attributes (step counters, cues, ...) by name."""
     return {k: v for k, v in vars(env).items() if isinstance(v, torch.Tensor)}
