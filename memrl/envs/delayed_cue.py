@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_actions
+from .common import EnvCheckpoint, check_actions
 from .spaces import Box, Discrete
 
 
-class DelayedCue:
+class DelayedCue(EnvCheckpoint):
     """Batched DelayedCue. Attributes: num_envs, horizon, num_cues, noise, device, t (num_envs,), cue (num_envs,)."""
+
+    STATE_TENSORS = ("t", "cue")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     def __init__(self, num_envs: int = 1, horizon: int = 200, num_cues: int = 2, noise: float = 0.0,
                  device: str | torch.device = "cpu"):
@@ -101,19 +103,6 @@ class DelayedCue:
         if int(horizon) < 2:
             raise ValueError(f"horizon must be >= 2 (cue step + query step), got {horizon}")
         self.horizon = int(horizon)
-
-    # -- checkpointing ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything needed to continue bit-exactly: step counters, cues and the RNG state."""
-        return {"t": self.t.clone(), "cue": self.cue.clone(), "rng": self.generator.get_state(),
-                "needs_reset": self._needs_reset, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.t = state["t"].to(self.device).clone()
-        self.cue = state["cue"].to(self.device).clone()
-        self.generator.set_state(state["rng"])
-        self._needs_reset = bool(state["needs_reset"])
-        self.horizon = int(state.get("horizon", self.horizon))
 
     def __repr__(self):
         return (f"DelayedCue(num_envs={self.num_envs}, horizon={self.horizon}, num_cues={self.num_cues}, "

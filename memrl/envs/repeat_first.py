@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_actions, check_nonnegative, check_positive
+from .common import EnvCheckpoint, check_actions, check_nonnegative, check_positive
 from .spaces import Box, Discrete
 
 
-class RepeatFirst:
+class RepeatFirst(EnvCheckpoint):
     """Batched RepeatFirst. Attributes: num_envs, horizon, num_symbols, noise, device, t (num_envs,),
     first (num_envs,) the symbol to repeat, symbol (num_envs,) the symbol shown now."""
+
+    STATE_TENSORS = ("t", "first", "symbol")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     def __init__(self, num_envs: int = 1, horizon: int = 200, num_symbols: int = 4, noise: float = 0.0,
                  device: str | torch.device = "cpu"):
@@ -105,23 +107,6 @@ class RepeatFirst:
         """Change the episode length (for curricula); running episodes keep their step counter, and one
         already past the new query step is queried at its next step."""
         self.horizon = check_positive("horizon", horizon, 2, " (first step + query step)")
-
-    # -- checkpointing ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything needed to continue bit-exactly: step counters, symbols, horizon and the RNG state."""
-        return {"t": self.t.clone(), "first": self.first.clone(), "symbol": self.symbol.clone(),
-                "rng": self.generator.get_state(), "needs_reset": self._needs_reset, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("t", "first", "symbol"):
-            if tuple(state[key].shape) != (self.num_envs,):
-                raise ValueError(f"state[{key!r}] must have shape ({self.num_envs},), got {tuple(state[key].shape)}")
-        self.t = state["t"].to(self.device, torch.long).clone()
-        self.first = state["first"].to(self.device, torch.long).clone()
-        self.symbol = state["symbol"].to(self.device, torch.long).clone()
-        self.generator.set_state(state["rng"])
-        self._needs_reset = bool(state["needs_reset"])
-        self.horizon = int(state.get("horizon", self.horizon))
 
     def __repr__(self):
         return (f"RepeatFirst(num_envs={self.num_envs}, horizon={self.horizon}, num_symbols={self.num_symbols}, "

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_actions, check_nonnegative, check_positive
+from .common import EnvCheckpoint, check_actions, check_nonnegative, check_positive
 from .spaces import Box, Discrete
 
 CUE, CORRIDOR, POSITION, JUNCTION = slice(0, 2), 2, 3, 4
 
 
-class TMaze:
+class TMaze(EnvCheckpoint):
     """Batched passive T-maze. Attributes: num_envs, horizon, corridor_length, noise, step_penalty, device,
     t (num_envs,) step within the episode, cue (num_envs,) 0 = up/left, 1 = down/right."""
+
+    STATE_TENSORS = ("t", "cue")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     num_actions = 2
 
@@ -115,22 +117,6 @@ class TMaze:
         """Change the maze length (for curricula); running episodes keep their step counter, and one already
         past the new junction decides at its next step."""
         self.horizon = check_positive("horizon", horizon, 2, " (cue step + junction step)")
-
-    # -- checkpointing ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything needed to continue bit-exactly: step counters, cues, horizon and the RNG state."""
-        return {"t": self.t.clone(), "cue": self.cue.clone(), "rng": self.generator.get_state(),
-                "needs_reset": self._needs_reset, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("t", "cue"):
-            if tuple(state[key].shape) != (self.num_envs,):
-                raise ValueError(f"state[{key!r}] must have shape ({self.num_envs},), got {tuple(state[key].shape)}")
-        self.t = state["t"].to(self.device, torch.long).clone()
-        self.cue = state["cue"].to(self.device, torch.long).clone()
-        self.generator.set_state(state["rng"])
-        self._needs_reset = bool(state["needs_reset"])
-        self.horizon = int(state.get("horizon", self.horizon))
 
     def __repr__(self):
         return (f"TMaze(num_envs={self.num_envs}, horizon={self.horizon}, noise={self.noise}, "

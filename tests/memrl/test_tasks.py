@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memrl.envs import DelayedCue
+from memrl.envs import DelayedCue, make_env
 from memrl.envs.repeat_first import RepeatFirst
 from memrl.envs.tmaze import TMaze
 
@@ -374,3 +374,15 @@ def test_make_env_and_trainer_smoke(name, cls, tmp_path):
     stats = trainer.train_step()
     assert trainer.env_steps == 48 and math.isfinite(stats["pg_loss"])
     assert 0.0 <= stats["eval_success"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["DelayedCue", "TMaze", "RepeatFirst"])
+def test_load_state_dict_refuses_another_batch(name):
+    """A checkpoint of another num_envs is refused with the key and both shapes, before anything changes."""
+    small, big = make_env(name, num_envs=4, horizon=5), make_env(name, num_envs=6, horizon=5)
+    small.reset(seed=0)
+    big.reset(seed=1)
+    before = big.state_dict()
+    with pytest.raises(ValueError, match=r"state\['t'\] must have shape \(6,\), got \(4,\)"):
+        big.load_state_dict(small.state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in big.state_dict().items() if torch.is_tensor(v))
