@@ -27,13 +27,7 @@ for spec in $SOLVES; do
     timeout -s INT "$limit" torchrun --nproc-per-node="$n" -m memrl train --device cuda --num-envs 4096 --horizon "$H" \
       --num-minibatches "$mb" --total-steps 3000000000 --out "$RUNS/h${H}_g$n" --no-progress 2>&1 | grep -E "^done|rror" | tail -4
     echo "  command wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
-    python3 - "$RUNS/h${H}_g$n/metrics.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-for r in rows[-4:]:
-    print(f"  upd {r.get('update')} steps {r.get('env_steps')} H {r.get('train_horizon')} succ {r.get('success', 0):.3f} "
-          f"eval {r.get('eval_success', '-')} wall {r.get('wall', 0):.1f}s sps {r.get('sps', 0):.0f}")
-PY
+    python3 bench/run_summary.py "$RUNS/h${H}_g$n" --last 4
     cp "$RUNS/h${H}_g$n/metrics.jsonl" "$OUT/ddp_delayedcue${H}_g$n.jsonl" 2>/dev/null
   done
 done

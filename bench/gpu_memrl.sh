@@ -13,16 +13,6 @@ export PYTHONUNBUFFERED=1
 SOLVES=${*:-200:120:8 1000:200:8}
 RUNS=${RUNS:-/tmp/memrl_runs}
 
-summary() {  # one line per logged update of a run: update, env steps, horizon, success, eval, wall, sps
-  python3 - "$1" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(f"  upd {r.get('update')} steps {r.get('env_steps')} H {r.get('train_horizon')} succ {r.get('success', 0):.3f} "
-          f"eval {r.get('eval_success', '-')} wall {r.get('wall', 0):.1f}s sps {r.get('sps', 0):.0f}")
-EOF
-}
-
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
@@ -44,6 +34,6 @@ for spec in $SOLVES; do
   timeout -s INT "$limit" python3 -m memrl train --device cuda --num-envs 4096 --horizon "$H" --out "$RUNS/h$H" \
     --num-minibatches "$mb" --no-progress ${EXTRA_ARGS:-} 2>&1 | tail -4
   echo "  command wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s"
-  summary "$RUNS/h$H/metrics.jsonl" | tail -25
+  python3 bench/run_summary.py "$RUNS/h$H" --last 25
   cp "$RUNS/h$H/metrics.jsonl" "$OUT/delayedcue$H.jsonl" 2>/dev/null
 done
