@@ -7,9 +7,9 @@ through time from the query back to the cue (T = horizon steps). For other T, `b
 the last `burn_in` steps of the previous rollout with gradient (from the state stored where that
 prefix began) before each sequence, so dependencies up to burn_in + 1 steps cross rollout boundaries.
 
-Sections of `train()`: rollout (acting under inference_mode; rollout.py, one CUDA graph per rollout on CUDA) ->
-advantages (GAE) -> update (epochs x
-minibatches of whole env sequences) -> logging / evaluation / checkpoint.
+Sections of `train()`: rollout (acting under inference_mode, rollout.py; on CUDA replayed as CUDA graphs of up
+to 100 steps) -> advantages (GAE) -> update (epochs x minibatches of whole env sequences) -> logging /
+evaluation / checkpoint.
 
 Data parallel (under torchrun, see memrl/distributed.py and docs/distributed.md): every rank steps its own
 `num_envs` envs with its own seed; gradients are averaged by one explicit all-reduce per minibatch (not
