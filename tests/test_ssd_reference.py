@@ -206,3 +206,23 @@ def test_property_reference_equals_naive(b, L, h_per_g, g, p, n, chunk, resets, 
     y, s = run("reference", kw, chunk, dt_softplus=softplus)
     assert_close("y", y_ref, y, 1e-11)
     assert_close("final_states", s_ref, s, 1e-11)
+
+
+def test_oracle_does_not_share_the_references_dt_processing(monkeypatch):
+    """A bug in the reference's dt processing must show against the oracle: break the function's code (so every
+    alias of it breaks too) and check that the oracle's output does not move while the reference's does."""
+    from mamba_compat.ops.ssd import reference
+
+    kw = make_problem(dtype=torch.float64)
+    args = (kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], 8, kw["D"], kw["z"], kw["dt_bias"], kw["initial_states"],
+            None, True, 0.0, math.inf)
+    y_oracle, _ = ssd_naive(*args)
+
+    def buggy(dt, dt_bias, dt_softplus, dt_min, dt_max):
+        return dt * 1.01
+
+    monkeypatch.setattr(reference.process_dt, "__code__", buggy.__code__)
+    y_oracle_after, _ = ssd_naive(*args)
+    y_ref, _ = ssd_chunked(*args)
+    assert torch.equal(y_oracle_after, y_oracle)
+    assert (y_ref - y_oracle).abs().max() > 1e-3

@@ -6,23 +6,9 @@ differentiable by autograd (no in-place ops), so it also serves as the gradient 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-
-def process_dt(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], dt_softplus: bool,
-               dt_min: float, dt_max: float) -> torch.Tensor:
-    """dt (B, L, H) in the compute dtype -> the step size actually used. The clamp is applied only when
-    dt_limit differs from its default (0, inf), as upstream does."""
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dt.dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if (dt_min, dt_max) != (0.0, math.inf):
-        dt = dt.clamp(min=dt_min, max=dt_max)
-    return dt
 
 
 def ssd_naive(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, initial_states=None,
@@ -33,18 +19,25 @@ def ssd_naive(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, ini
     b, seqlen, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     xf, Bf, Cf = x.to(cdt), B.to(cdt), C.to(cdt)
-    dtf = process_dt(dt.to(cdt), dt_bias, dt_softplus, dt_min, dt_max)  # (B, L, H)
+    clamp = (dt_min, dt_max) != (0.0, math.inf)  # upstream clamps only when dt_limit is not the default
     Af = A.to(cdt)
     Bh = Bf.repeat_interleave(h // g, dim=2)  # (B, L, H, N)
     Ch = Cf.repeat_interleave(h // g, dim=2)  # (B, L, H, N)
     s = initial_states.to(cdt) if initial_states is not None else xf.new_zeros(b, h, p, n)
     ys = []
     for t in range(seqlen):
+        dt_t = dt[:, t].to(cdt)  # (B, H): this step's size, processed as DESIGN §1 writes it
+        if dt_bias is not None:
+            dt_t = dt_t + dt_bias.to(cdt)
+        if dt_softplus:  # softplus(u) = log(1 + e^u), written out (large u: u itself, as e^u would overflow)
+            dt_t = torch.where(dt_t > 30, dt_t, torch.log1p(torch.exp(torch.minimum(dt_t, dt_t.new_tensor(30.0)))))
+        if clamp:
+            dt_t = torch.minimum(torch.maximum(dt_t, dt_t.new_tensor(dt_min)), dt_t.new_tensor(dt_max))
         if seq_idx is not None and t > 0:
             keep = (seq_idx[:, t] == seq_idx[:, t - 1]).to(cdt)  # (B,)
             s = s * keep[:, None, None, None]
-        decay = torch.exp(dtf[:, t] * Af)  # (B, H)
-        inp = (dtf[:, t, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]  # (B, H, P, N)
+        decay = torch.exp(dt_t * Af)  # (B, H)
+        inp = (dt_t[:, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]  # (B, H, P, N)
         s = decay[:, :, None, None] * s + inp
         y = (s * Ch[:, t, :, None, :]).sum(-1)  # (B, H, P)
         if D is not None:

@@ -19,7 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from .custom_op import make_ssd_op, vjp_backward
-from .naive import process_dt
+
+
+def process_dt(dt: torch.Tensor, dt_bias, dt_softplus: bool, dt_min: float, dt_max: float) -> torch.Tensor:
+    """dt (B, L, H) in the compute dtype -> the step size actually used. The clamp is applied only when
+    dt_limit differs from its default (0, inf), as upstream does. (The oracle in naive.py has its own.)"""
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if (dt_min, dt_max) != (0.0, math.inf):
+        dt = dt.clamp(min=dt_min, max=dt_max)
+    return dt
 
 
 def segment_ids(seq_idx: torch.Tensor) -> torch.Tensor:
