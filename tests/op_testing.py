@@ -1,7 +1,14 @@
 """Shared test helpers: random problems for the ops and a relative-RMSE comparison."""
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+
+RECORD = os.environ.get("MAMBA_COMPAT_RECORD_ERRORS")
+"""A file path: every assert_close appends its measured error there as one JSON line (test, name, rel, bound), so
+tolerances can be set from measured error per dtype and device (bench/tolerances.py summarises the file)."""
 
 
 def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float, atol_floor: float = 1e-12):
@@ -13,6 +20,10 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float, 
     base = ref64.pow(2).mean().sqrt().item()
     rel = err / max(base, atol_floor)
     maxdiff = (out64 - ref64).abs().max().item() if out64.numel() else 0.0
+    if RECORD:
+        with open(RECORD, "a") as f:
+            f.write(json.dumps(dict(test=os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0], name=name, rel=rel,
+                                    bound=ratio, dtype=str(out.dtype), device=str(out.device))) + "\n")
     assert rel <= ratio, f"{name}: relative RMSE {rel:.3e} > {ratio:.1e} (max abs diff {maxdiff:.3e}, ref rms {base:.3e})"
 
 

@@ -32,7 +32,15 @@ def oracle(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fals
     return s, out
 
 
-TOL = {torch.float32: (3e-4, 1e-3), torch.float16: (5e-3, 3e-2), torch.bfloat16: (1e-2, 1e-1)}
+# Bound on max |out - oracle| / max |oracle| per input dtype, a few times the worst measured on this grid (2026-12-02,
+# CPU): fp32 2.9e-7, fp16 2.4e-3 (a 16-bit state cache rounds the new state), bf16 3.3e-3. (Upstream's own file
+# uses rtol/atol of 3e-4/1e-3 for fp32, which would pass an error 1000x larger than fp32 arithmetic makes.)
+TOL = {torch.float32: 2e-6, torch.float16: 6e-3, torch.bfloat16: 1e-2}
+
+
+def assert_close_scaled(name, out, ref, itype):
+    err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= TOL[itype], f"{name}: max error {err:.2e} of the oracle's max magnitude > {TOL[itype]:.0e}"
 
 
 def _inputs(batch, nheads, headdim, dstate, ngroups, itype, tie_hdim, has_z, cache_rows=None, seed=0):
@@ -69,10 +77,9 @@ def test_no_heads_layout(dim, dstate, has_z, itype):
     s_ref, out_ref = oracle(kw["state"], kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
                             kw["dt_bias"], True)
     out = selective_state_update(s3, **args3, dt_softplus=True)
-    rtol, atol = TOL[itype]
     assert out.shape == (2, dim) and out.dtype == itype
-    assert torch.allclose(s3.double(), s_ref[:, 0], rtol=rtol, atol=atol)
-    assert torch.allclose(out.double(), out_ref[:, 0], rtol=rtol, atol=atol)
+    assert_close_scaled("state", s3, s_ref[:, 0], itype)
+    assert_close_scaled("out", out, out_ref[:, 0], itype)
 
 
 @pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16])
@@ -85,9 +92,8 @@ def test_with_heads(dstate, ngroups, tie_hdim, has_z, itype):
     s_ref, out_ref = oracle(**kw, dt_softplus=True)
     state = kw.pop("state")
     out = selective_state_update(state, **kw, dt_softplus=True)
-    rtol, atol = TOL[itype]
-    assert torch.allclose(state.double(), s_ref, rtol=rtol, atol=atol)
-    assert torch.allclose(out.double(), out_ref, rtol=rtol, atol=atol)
+    assert_close_scaled("state", state, s_ref, itype)
+    assert_close_scaled("out", out, out_ref, itype)
 
 
 @pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
@@ -104,10 +110,9 @@ def test_with_batch_indices_and_padding(itype, tie_hdim):
     picked = before[idx.clamp(min=0).long()]
     s_ref, out_ref = oracle(picked, **kw, dt_softplus=True)
     out = selective_state_update(cache, **kw, dt_softplus=True, state_batch_indices=idx)
-    rtol, atol = TOL[itype]
     valid = idx >= 0
-    assert torch.allclose(cache[idx[valid].long()].double(), s_ref[valid], rtol=rtol, atol=atol)
-    assert torch.allclose(out[valid].double(), out_ref[valid], rtol=rtol, atol=atol)
+    assert_close_scaled("state", cache[idx[valid].long()], s_ref[valid], itype)
+    assert_close_scaled("out", out[valid], out_ref[valid], itype)
     assert (out[~valid] == 0).all()
     untouched = torch.ones(rows, dtype=torch.bool)
     untouched[idx[valid].long()] = False

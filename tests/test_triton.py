@@ -24,8 +24,19 @@ from op_testing import assert_close, make_problem, random_seq_idx  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-# fp32 on the GPU uses tf32 tensor cores (about 1e-3 relative); the interpreter is exact up to fp32 rounding
-TOL = {torch.float32: 5e-3 if CUDA else 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# Bounds on the relative RMSE vs the oracle, per dtype, outputs (TOL) and gradients (GRAD_TOL), set a few times
+# above the worst error measured (MAMBA_COMPAT_RECORD_ERRORS + bench/tolerances.py): interpreter, this machine, and
+# compiled on an NVIDIA H200 (Triton 3.6), 2026-12-02. fp32 tests run with exact fp32 dots (the interpreter always
+# does; on CUDA the autouse fixture below forces MAMBA_COMPAT_TRITON_FP32=ieee); the default tf32 / tf32x3 mode is
+# checked on its own in test_default_tf32_mode with TF32_TOL.
+TOL = {torch.float32: 1e-6, torch.bfloat16: 1.5e-2, torch.float16: 1e-3}
+GRAD_TOL = {torch.float32: 5e-6, torch.bfloat16: 2e-2, torch.float16: 1.5e-3}
+TF32_TOL = {"y": 3e-3, "final_states": 3e-3, "grad": 5e-5}
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_dots(monkeypatch):
+    monkeypatch.setenv("MAMBA_COMPAT_TRITON_FP32", "ieee")
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
@@ -71,7 +82,25 @@ def test_forward_and_grads_vs_naive(case):
                             [kw[k] for k in names])
     g_r = torch.autograd.grad((y_r * gy.to(DEV)).sum() + (fin_r * gf.to(DEV)).sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
-        assert_close(f"d{name}", r, a, 10 * TOL[torch.float32], atol_floor=1e-2)
+        assert_close(f"d{name}", r, a, GRAD_TOL[torch.float32], atol_floor=1e-2)
+
+
+def test_default_tf32_mode(monkeypatch):
+    """The default fp32 mode on CUDA (tf32 dots forward, tf32x3 backward) on the 'full' case, with its own bounds;
+    under the interpreter the default is exact, so the same bounds hold with room."""
+    monkeypatch.delenv("MAMBA_COMPAT_TRITON_FP32")
+    pk, chunk, opts = CASES["full"]
+    kw = make_problem(dtype=torch.float32, device=DEV, requires_grad=True, seed=13, **pk)
+    y, fin = _run(tssd.chunk_scan, kw, chunk, **opts)
+    ref = _oracle_inputs(kw)
+    y_r, fin_r = _run(naive.ssd_naive, ref, chunk, **opts)
+    assert_close("y", y_r, y, TF32_TOL["y"])
+    assert_close("final_states", fin_r, fin, TF32_TOL["final_states"])
+    names = [k for k in GRAD_NAMES if k in kw]
+    g = torch.autograd.grad(y.sum() + fin.sum(), [kw[k] for k in names])
+    g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [ref[k] for k in names])
+    for name, a, r in zip(names, g, g_r):
+        assert_close(f"d{name}", r, a, TF32_TOL["grad"], atol_floor=1e-2)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -95,7 +124,7 @@ def test_split_forward_equals_one_launch_and_oracle(k, monkeypatch):
     assert torch.equal(fin, fin1)  # the state pass computes the final state exactly as the one-launch forward
     gx, = torch.autograd.grad(y.sum(), [kw["x"]])
     gx_r, = torch.autograd.grad(y_r.sum(), [ref["x"]])
-    assert_close("dx", gx_r, gx, 10 * TOL[torch.float32], atol_floor=1e-2)
+    assert_close("dx", gx_r, gx, GRAD_TOL[torch.float32], atol_floor=1e-2)
 
 
 def test_split_forward_heuristic():
@@ -121,7 +150,7 @@ def test_gradient_from_final_states_only():
     g = torch.autograd.grad(fin.sum(), [kw[k] for k in names])
     g_r = torch.autograd.grad(fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
-        assert_close(f"d{name}", r, a, 10 * TOL[torch.float32], atol_floor=1e-2)
+        assert_close(f"d{name}", r, a, GRAD_TOL[torch.float32], atol_floor=1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -140,7 +169,7 @@ def test_half_inputs(dtype):
     g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
         assert a.dtype == kw[name].dtype
-        assert_close(f"d{name}", r, a, 2 * TOL[dtype], atol_floor=1e-2)
+        assert_close(f"d{name}", r, a, GRAD_TOL[dtype], atol_floor=1e-2)
 
 
 @pytest.mark.parametrize("dt_scale, a_scale, check_grads", [(10.0, 10.0, True), (30.0, 100.0, False)])
@@ -154,15 +183,17 @@ def test_large_dt_times_A_is_stable(dt_scale, a_scale, check_grads):
     y, fin = _run(tssd.chunk_scan, kw, 16, dt_softplus=True)
     ref = _oracle_inputs(kw)
     y_r, fin_r = _run(naive.ssd_naive, ref, 16, dt_softplus=True)
-    assert_close("y", y_r, y, TOL[torch.float32])
-    assert_close("final_states", fin_r, fin, TOL[torch.float32])
+    # measured (interpreter): y 8.5e-6, final 9.3e-7, dA 9.0e-5, other gradients <= 4e-6: fp32 rounding of terms
+    # as large as |dt*A| ~ 1e3, not of O(1) terms, hence bounds of their own
+    assert_close("y", y_r, y, 3e-5)
+    assert_close("final_states", fin_r, fin, 3e-5)
     names = ["x", "dt", "A", "B", "C", "initial_states"]
     g = torch.autograd.grad(y.sum() + fin.sum(), [kw[k] for k in names])
     g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
         assert torch.isfinite(a).all(), name
         if check_grads:
-            assert_close(f"d{name}", r, a, 10 * TOL[torch.float32], atol_floor=1e-2)
+            assert_close(f"d{name}", r, a, 3e-4, atol_floor=1e-2)
 
 
 def test_public_op_dispatches_to_triton_and_compiles():
@@ -211,7 +242,7 @@ def test_strided_inputs_as_mamba2_passes_them():
     g = torch.autograd.grad(y.sum() + fin.sum(), [xbc, dtf])
     g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [xbc_r, dtf_r])
     for name, a, r in zip(("d xBC", "d dt"), g, g_r):
-        assert_close(name, r, a, 10 * TOL[torch.float32], atol_floor=1e-2)
+        assert_close(name, r, a, GRAD_TOL[torch.float32], atol_floor=1e-2)
 
 
 def test_opcheck_of_registered_ops():
@@ -258,7 +289,7 @@ def test_decode_step_vs_reference(layout):
         s_r, s_t = state.clone(), state.clone()
         o_r = selective_state_update(s_r, x, dt, A, Bm, Cm, **kw, backend="reference")
         o_t = selective_state_update(s_t, x, dt, A, Bm, Cm, **kw, backend="triton")
-    tol = 1e-5 if sdtype == torch.float32 else 1e-2
+    tol = 1e-6 if sdtype == torch.float32 else 1e-2  # measured: 1.5e-7 (fp32 state), 4.2e-3 (bf16 state rounding)
     assert_close("out", o_r, o_t, tol)
     assert_close("state", s_r.float(), s_t.float(), tol)
     if idx is not None:
@@ -289,7 +320,7 @@ def test_long_sequences_stable(L, dtype):
     g = torch.autograd.grad(y.float().sum() + fin.sum(), [kw[k] for k in names])
     g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
-        assert_close(f"d{name}", r, a, 10 * TOL[dtype])
+        assert_close(f"d{name}", r, a, GRAD_TOL[dtype])
 
 
 @needs_cuda
@@ -308,7 +339,7 @@ def test_lm_shape_bf16_all_grads():
     g = torch.autograd.grad((y.float() * gy).sum() + fin.sum(), [kw[k] for k in names])
     g_r = torch.autograd.grad((y_r * gy).sum() + fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
-        assert_close(f"d{name}", r, a, 2 * TOL[torch.bfloat16])
+        assert_close(f"d{name}", r, a, GRAD_TOL[torch.bfloat16])
 
 
 @needs_cuda

@@ -41,13 +41,14 @@ def pow2_at_least(n: int, lo: int = 16) -> int:
 def dot_precision(dtype, backward: bool = False) -> str:
     """Precision of fp32 tl.dot operands. Default: tf32 tensor cores forward, tf32x3 (about fp32 accuracy,
     three tf32 products) backward, where gradients such as dA sum many terms; exact under the interpreter.
-    MAMBA_COMPAT_TRITON_FP32=ieee|tf32x3|tf32 forces one for both directions."""
+    MAMBA_COMPAT_TRITON_FP32=ieee|tf32x3|tf32 forces one for both directions (fp32 inputs only; 16-bit operands
+    are multiplied in their own dtype whatever the knob says)."""
     import torch
 
     if dtype == torch.float64 or interpreting():
         return "ieee"
     forced = os.environ.get("MAMBA_COMPAT_TRITON_FP32")
-    if forced:
+    if forced and dtype == torch.float32:
         return forced
     return "tf32x3" if backward else "tf32"
 
