@@ -4,9 +4,9 @@ step / allocate_inference_cache / _get_states_from_cache as upstream, on any dev
 
 Data flow (shapes for batch B, length L; d_ssm = nheads * headdim, conv_dim = d_ssm + 2 * ngroups * d_state):
     u (B, L, d_model) -> in_proj -> [z0, x0 (d_mlp each), z (d_ssm), xBC (conv_dim), dt (nheads)]
-    xBC -> causal depthwise conv (width d_conv) -> SiLU -> x (d_ssm), B, C (ngroups * d_state each)
+    xBC -> causal depthwise conv (width d_conv) + SiLU (ops/conv1d) -> x (d_ssm), B, C (ngroups * d_state each)
     y = SSD(x, dt, A = -exp(A_log), B, C, D, dt_bias, softplus, dt_limit)   (z gates here if not rmsnorm)
-    y = grouped gated RMSNorm(y, z) if rmsnorm;  y = [silu(z0) * x0, y] if d_mlp > 0;  out = out_proj(y)
+    y = grouped gated RMSNorm(y, z) (ops/rmsnorm) if rmsnorm;  y = [silu(z0) * x0, y] if d_mlp > 0;  out = out_proj(y)
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ..ops import mamba_chunk_scan_combined, selective_state_update
 from ..ops.checks import check_dt_limit, check_seq_idx
-from .conv import (causal_conv1d, conv_state_after, conv_step, segments_from_cu_seqlens, segments_from_reset,
-                   segments_from_seq_idx)
+from ..ops.conv1d import (causal_conv1d, causal_conv1d_update, conv_state_after, segments_from_cu_seqlens,
+                          segments_from_reset, segments_from_seq_idx)
 from .rmsnorm_gated import RMSNormGated
 
 _INF = float("inf")
@@ -127,7 +127,7 @@ class Mamba2(nn.Module):
         z0, x0, z, xBC, dt = torch.split(zxbcdt, self._split, dim=-1)
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
         new_conv = conv_state_after(xBC, conv_state, self.d_conv, seg) if want_states else None
-        xBC = F.silu(causal_conv1d(xBC, weight, self.conv1d.bias, conv_state, seg))  # (B, L, conv_dim)
+        xBC = causal_conv1d(xBC, weight, self.conv1d.bias, conv_state, seg, silu=True)  # (B, L, conv_dim)
         x, B, C = torch.split(xBC, [self.d_ssm, g * n, g * n], dim=-1)
         y, final = mamba_chunk_scan_combined(
             x.unflatten(-1, (h, p)), dt, self._A(), B.unflatten(-1, (g, n)),
@@ -265,7 +265,8 @@ class Mamba2(nn.Module):
         h, p, g, n = self.nheads, self.headdim, self.ngroups, self.d_state
         zxbcdt = self.in_proj(hidden_states.squeeze(1))  # (B, d_in_proj)
         z0, x0, z, xBC, dt = torch.split(zxbcdt, self._split, dim=-1)
-        xBC = F.silu(conv_step(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias)).to(dtype)
+        xBC = causal_conv1d_update(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                   silu=True).to(dtype)  # conv_state shifted in place
         x, B, C = torch.split(xBC, [self.d_ssm, g * n, g * n], dim=-1)
         b = x.shape[0]
         A = self._A()  # (H,)

@@ -1,5 +1,6 @@
-"""Grouped, gated RMSNorm as used by Mamba-2 (same parameters and semantics as mamba_ssm's RMSNorm in
-ops/triton/layernorm_gated.py), in plain PyTorch with fp32 arithmetic (fp64 for fp64 inputs).
+"""Grouped, gated RMSNorm module of Mamba-2 (same parameters and semantics as mamba_ssm's RMSNorm in
+ops/triton/layernorm_gated.py). The function is mamba_compat.ops.rmsnorm's dispatching `rmsnorm_gated`
+(Triton on CUDA, the PyTorch reference in ops/rmsnorm/reference.py otherwise).
 
     norm_before_gate=True:   out = rmsnorm(x) * silu(z)
     norm_before_gate=False:  out = rmsnorm(x * silu(z))
@@ -11,26 +12,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..ops.rmsnorm import rmsnorm_gated
 
-def rmsnorm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-5,
-                  group_size: Optional[int] = None, norm_before_gate: bool = True) -> torch.Tensor:
-    """x, z: (..., D); weight: (D,) -> (..., D) in x.dtype. D must be a multiple of group_size."""
-    d = x.shape[-1]
-    gs = d if group_size is None else group_size
-    if d % gs != 0:
-        raise ValueError(f"x's last dim {d} (shape {tuple(x.shape)}) must be a multiple of group_size {gs}")
-    cdt = torch.promote_types(x.dtype, torch.float32)  # compute dtype
-    xf = x.to(cdt)
-    if z is not None and not norm_before_gate:
-        xf = xf * F.silu(z.to(cdt))
-    xg = xf.unflatten(-1, (d // gs, gs))  # (..., groups, group_size)
-    xg = xg * torch.rsqrt(xg.square().mean(dim=-1, keepdim=True) + eps)
-    out = xg.flatten(-2) * weight.to(cdt)  # (..., D)
-    if z is not None and norm_before_gate:
-        out = out * F.silu(z.to(cdt))
-    return out.to(x.dtype)
+__all__ = ["RMSNormGated", "rmsnorm_gated"]
 
 
 class RMSNormGated(nn.Module):
