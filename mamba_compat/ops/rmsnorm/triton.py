@@ -179,6 +179,8 @@ def _rmsnorm_bwd_kernel(
 
 # ---- launchers -----------------------------------------------------------------------------------------------
 
+_alloc = torch.empty  # what the launchers allocate outputs with (tests swap in a NaN fill: unwritten elements fail)
+
 def _blocks(n: int, elems: int):
     """(one_pass, BN, BM, num_warps) for group size n: BN = n rounded up to a power of two when that is at most
     the cap (8192, MAMBA_COMPAT_NORM_BLOCK), else the cap (two passes); BM rows so a tile holds about `elems`."""
@@ -199,7 +201,7 @@ def rmsnorm_fwd(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, grou
                 norm_before_gate: bool) -> Tensor:
     """x, z (M, D) with unit column stride, weight (D,) -> (M, D) contiguous in x.dtype."""
     m, d = x.shape
-    y = torch.empty((m, d), dtype=x.dtype, device=x.device)
+    y = _alloc((m, d), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
     one_pass, bn, bm, warps = _blocks(group_size, 4096)
@@ -219,8 +221,8 @@ def rmsnorm_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Optional[Tensor], eps:
     dev = x.device
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
     acc_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dx = torch.empty((m, d), dtype=x.dtype, device=dev)
-    dz = torch.empty((m, d), dtype=z.dtype, device=dev) if z is not None else None
+    dx = _alloc((m, d), dtype=x.dtype, device=dev)
+    dz = _alloc((m, d), dtype=z.dtype, device=dev) if z is not None else None
     one_pass, bn, bm, warps = _blocks(group_size, 2048)
     ngroups = d // group_size
     ntiles = triton.cdiv(m, bm)
@@ -229,7 +231,7 @@ def rmsnorm_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Optional[Tensor], eps:
     else:
         progs = min(ntiles, max(1, 4 * torch.cuda.get_device_properties(dev).multi_processor_count // ngroups))
     progs = max(progs, 1)
-    dw_part = (torch.empty if one_pass else torch.zeros)((progs, d), dtype=acc_dt, device=dev)
+    dw_part = (_alloc if one_pass else torch.zeros)((progs, d), dtype=acc_dt, device=dev)
     if m > 0:
         _rmsnorm_bwd_kernel[(progs, ngroups)](
             x, x if z is None else z, weight, dy, dx, dx if dz is None else dz, dw_part, m, group_size, d,
