@@ -8,7 +8,9 @@
 
 Force one with MAMBA_COMPAT_BACKEND=<name> or mamba_compat.set_backend(name). Forcing a backend that
 cannot run on the tensors it gets raises BackendUnavailable with the reason and the fix: never a silent
-fallback. The one warning: auto on MPS without the extension uses reference and says so once.
+fallback. Auto uses the reference, and warns once per device type, where the device's kernels cannot run (MPS
+without the extension, CUDA without the triton package). float64 inputs go to the reference on every device under
+auto (the kernels compute in fp32; a forced triton or metal refuses float64).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import torch
 
 BACKENDS = ("auto", "reference", "naive", "triton", "metal")
 _forced: Optional[str] = None
-_warned_mps = False
+_warned: set = set()  # device types auto has warned about
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""Input dtypes the triton and metal kernels take (fp32 arithmetic); float64 runs on reference / naive."""
 
 
 class BackendUnavailable(RuntimeError):
@@ -96,30 +100,36 @@ def resolve(device: torch.device) -> str:
                                      "Unset MAMBA_COMPAT_BACKEND / call mamba_compat.set_backend('auto') to choose "
                                      "automatically.")
         return name
-    if device.type == "cuda" and triton_status(device)[0]:
-        return "triton"
-    if device.type == "mps":
-        ok, why = metal_status(device)
-        if ok:
-            return "metal"
-        global _warned_mps
-        if not _warned_mps:
-            _warned_mps = True
-            warnings.warn(f"mamba_compat: using the PyTorch reference scan on MPS because {why}", stacklevel=3)
+    kernels = {"cuda": ("triton", triton_status), "mps": ("metal", metal_status)}.get(device.type)
+    if kernels is None:
+        return "reference"
+    kernel, kernel_status = kernels
+    ok, why = kernel_status(device)
+    if ok:
+        return kernel
+    if device.type not in _warned:
+        _warned.add(device.type)
+        warnings.warn(f"mamba_compat: using the PyTorch reference on {device.type} because {why}", stacklevel=3)
     return "reference"
 
 
-def resolve_for_call(name: Optional[str], device: torch.device) -> str:
-    """The backend for one op call: `name` if given (checked like a forced one), else `resolve(device)`."""
+def resolve_for_call(name: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The backend for one op call on inputs of `dtype`: `name` if given (checked like a forced one), else the
+    forced or automatic choice for `device`. float64 inputs: auto gives the reference; a forced triton / metal
+    raises BackendUnavailable."""
+    requested = get_backend() if name is None else _check_name(name)
+    if requested == "auto":
+        chosen = resolve(device)
+        return "reference" if dtype is not None and dtype not in KERNEL_DTYPES else chosen
     if name is None:
-        return resolve(device)
-    _check_name(name)
-    if name == "auto":
-        return resolve(device)
-    ok, why = status(name, device)
+        resolve(device)  # a globally forced backend that cannot run raises there, with the way back to auto
+    ok, why = status(requested, device)
     if not ok:
-        raise BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
-    return name
+        raise BackendUnavailable(f"backend {requested!r} was requested but cannot run: {why}")
+    if dtype is not None and dtype not in KERNEL_DTYPES and requested in ("triton", "metal"):
+        raise BackendUnavailable(f"backend {requested!r} takes float32/float16/bfloat16 inputs (its kernels compute "
+                                 f"in fp32), got {dtype}; use backend='reference' for {dtype}")
+    return requested
 
 
 def backend_info() -> dict:

@@ -60,12 +60,28 @@ def test_backend_info_reports_cpu():
     assert "MPS" in cpu["status"]["metal"]
 
 
-def test_mps_without_extension_warns_once(monkeypatch):
-    monkeypatch.setattr(backends, "_warned_mps", False)
-    monkeypatch.setattr(backends, "metal_status", lambda device: (False, "the Metal extension is not built"))
-    with pytest.warns(UserWarning, match="reference scan on MPS because the Metal extension is not built"):
-        assert backends.resolve(torch.device("mps")) == "reference"
+@pytest.mark.parametrize("device, status_fn, why", [("mps", "metal_status", "the Metal extension is not built"),
+                                                     ("cuda", "triton_status", "the triton package is not installed")])
+def test_auto_without_the_devices_kernels_warns_once(monkeypatch, device, status_fn, why):
+    """auto on MPS without the extension, or on CUDA without triton, uses the reference and says so once."""
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(backends, status_fn, lambda device: (False, why))
+    with pytest.warns(UserWarning, match=f"PyTorch reference on {device} because {why}"):
+        assert backends.resolve(torch.device(device)) == "reference"
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert backends.resolve(torch.device("mps")) == "reference"
+        assert backends.resolve(torch.device(device)) == "reference"
+
+
+def test_float64_goes_to_the_reference_under_auto_and_a_forced_kernel_refuses(monkeypatch):
+    monkeypatch.setattr(backends, "triton_status", lambda device: (True, "ok"))
+    cuda = torch.device("cuda")
+    assert backends.resolve_for_call(None, cuda, torch.float32) == "triton"
+    assert backends.resolve_for_call(None, cuda, torch.float64) == "reference"
+    assert backends.resolve_for_call("auto", cuda, torch.float64) == "reference"
+    with pytest.raises(backends.BackendUnavailable, match="'triton' takes float32/float16/bfloat16 inputs.*float64"):
+        backends.resolve_for_call("triton", cuda, torch.float64)
+    mamba_compat.set_backend("triton")
+    with pytest.raises(backends.BackendUnavailable, match="float64; use backend='reference'"):
+        backends.resolve_for_call(None, cuda, torch.float64)

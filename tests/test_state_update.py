@@ -146,3 +146,24 @@ def test_per_head_D_and_dt_bias_accepted_with_heads():
     o2 = selective_state_update(s2, **short, dt_softplus=True)
     torch.testing.assert_close(o1, o2)
     torch.testing.assert_close(s1, s2)
+
+
+@pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
+def test_forced_naive_runs_the_float64_loop(itype, monkeypatch):
+    """backend='naive' runs naive.py's loop (not the reference under another name); both agree, pad slots too."""
+    from mamba_compat.ops.state_update import naive
+    kw = _inputs(3, 4, 8, 16, 2, itype, tie_hdim=True, has_z=True, cache_rows=5)
+    idx = torch.tensor([4, -1, 0], dtype=torch.int32)
+    calls = []
+    real = naive.state_update
+    monkeypatch.setattr(naive, "state_update", lambda *a: calls.append(1) or real(*a))
+    from mamba_compat.ops import state_update as su
+    monkeypatch.setitem(su._IMPLS, "naive", naive.state_update)
+    s_n, s_r = kw["state"].clone(), kw["state"].clone()
+    args = {k: v for k, v in kw.items() if k != "state"}
+    out_n = selective_state_update(s_n, **args, dt_softplus=True, state_batch_indices=idx, backend="naive")
+    out_r = selective_state_update(s_r, **args, dt_softplus=True, state_batch_indices=idx, backend="reference")
+    assert calls == [1]
+    assert (out_n[1] == 0).all() and torch.equal(s_n[[1, 2, 3]], kw["state"][[1, 2, 3]])
+    assert_close_scaled("state", s_r, s_n.double(), itype)
+    assert_close_scaled("out", out_r, out_n.double(), itype)

@@ -297,6 +297,28 @@ def test_decode_step_vs_reference(layout):
         assert (o_t[1] == 0).all()
 
 
+def test_decode_step_compiles_fullgraph():
+    """selective_state_update(backend='triton') inside torch.compile(fullgraph=True): the registered op (it mutates
+    the state) is traced without a graph break and updates the state exactly as the eager call."""
+    torch.manual_seed(1)
+    b, h, p, n = 2, 2, 16, 16
+    state = torch.randn(b, h, p, n, device=DEV)
+    x, z = torch.randn(b, h, p, device=DEV), torch.randn(b, h, p, device=DEV)
+    dt = torch.randn(b, h, device=DEV)[..., None].expand(b, h, p)
+    A = (-torch.rand(h, device=DEV))[:, None, None].expand(h, p, n)
+    Bm, Cm = torch.randn(b, 1, n, device=DEV), torch.randn(b, 1, n, device=DEV)
+
+    def f(s, x, z):
+        return selective_state_update(s, x, dt, A, Bm, Cm, z=z, dt_softplus=True, backend="triton")
+
+    s_e, s_c = state.clone(), state.clone()
+    o_e = f(s_e, x, z)
+    o_c = torch.compile(f, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(s_c, x, z)
+    assert_close("out (compiled)", o_e, o_c, 1e-6)
+    assert_close("state (compiled)", s_e, s_c, 1e-6)
+    assert not torch.equal(s_c, state)
+
+
 # ---- CUDA only ---------------------------------------------------------------------------------------------------
 
 needs_cuda = pytest.mark.skipif(not CUDA, reason="compiled Triton needs a CUDA device")

@@ -99,7 +99,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise NotImplementedError("cu_seqlens / return_varlen_states are not supported; express packed sequences "
                                   "with seq_idx instead")
     chunk_size, dt_min, dt_max = _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_limit)
-    name = backends.resolve_for_call(backend, x.device)
+    name = backends.resolve_for_call(backend, x.device, x.dtype)
     y, final = chunk_scan_impl(name)(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
                                      dt_min, dt_max)
     return (y, final) if return_final_states else y

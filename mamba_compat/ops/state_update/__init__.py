@@ -1,30 +1,57 @@
 """One-token decode step of the selective scan (`selective_state_update`), updating `state` in place.
 
-Backends, one file each: reference.py (PyTorch, any device; also the oracle), triton.py (CUDA),
+Backends, one file each: naive.py (float64 loop, the oracle), reference.py (PyTorch, any device), triton.py (CUDA),
 metal.py (MPS). Each exposes `state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
 state_batch_indices) -> out` on the normalized 4-D layout below and writes `state` in place.
 """
 from __future__ import annotations
 
 import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
 
 from ... import backends
 from ..checks import (require_rank, require_same_device, require_shape, require_tensor, check_groups)
 
-__all__ = ["selective_state_update", "state_update_impl"]
-
-_BACKEND_FOR = {"naive": "reference"}  # the PyTorch decode step is its own oracle
-
+__all__ = ["selective_state_update", "state_update_impl", "state_update_op"]
 
 _IMPLS = {}
 
 
 def state_update_impl(name: str):
     """The `state_update` function of backend `name` (imported on first use, then cached)."""
-    name = _BACKEND_FOR.get(name, name)
     if name not in _IMPLS:
         _IMPLS[name] = importlib.import_module(f"{__name__}.{name}").state_update
     return _IMPLS[name]
+
+
+def _register_op(name: str):
+    """Backend `name`'s decode step as the torch.library op `mamba_compat::state_update_<name>` (mutates `state`;
+    fake kernel: an output like x). The body looks the implementation up when it runs, so registering every
+    backend here imports none of them (triton, metal) and no registration ever happens inside a trace."""
+
+    @torch.library.custom_op(f"mamba_compat::state_update_{name}", mutates_args=("state",))
+    def op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+           z: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool,
+           state_batch_indices: Optional[Tensor]) -> Tensor:
+        return state_update_impl(name)(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+
+    @op.register_fake
+    def _fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    return op
+
+
+_OPS = {name: _register_op(name) for name in backends.BACKENDS if name != "auto"}
+
+
+def state_update_op(name: str):
+    """The registered op of backend `name`: torch.compile(fullgraph=True) traces `Mamba2.step` through it. Eager
+    calls go to the implementation directly, since the op's dispatch would add host time to every token."""
+    return _OPS[name]
 
 
 state_update_impl("reference")
@@ -102,6 +129,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                          "selected rows of a larger cache")
     require_same_device(dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                              state_batch_indices=state_batch_indices))
-    name = backends.resolve_for_call(backend, x.device)
-    out = state_update_impl(name)(st, x4, dt4, A3, B3, C3, D2, z4, db2, dt_softplus, state_batch_indices)
+    name = backends.resolve_for_call(backend, x.device, x.dtype)
+    run = state_update_op(name) if torch.compiler.is_compiling() else state_update_impl(name)
+    out = run(st, x4, dt4, A3, B3, C3, D2, z4, db2, dt_softplus, state_batch_indices)
     return out if has_heads else out.squeeze(1)
