@@ -5,17 +5,7 @@ import torch
 from memrl.models import ActorCritic
 
 
-def _has_mamba2():
-    try:
-        from mamba_compat import Mamba2  # noqa: F401
-        return True
-    except Exception:
-        return False
-
-
-CONTROLLERS = [pytest.param("mamba2", marks=pytest.mark.skipif(not _has_mamba2(), reason="mamba_compat.Mamba2 "
-                                                                                           "not importable")),
-               "gru", "lstm"]
+CONTROLLERS = ["mamba2", "gru", "lstm"]  # mamba_compat is part of this package: never skipped
 
 
 @pytest.mark.parametrize("memory", [True, False])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from memrl.cli import main
+from memrl.ppo import evaluate_policy, load_policy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,7 +24,10 @@ def test_train_eval_json_plot(tmp_path, capsys):
                           "--seed", "3", "--device", "cpu", "--json"], capture_output=True, text=True, env=env,
                          check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["episodes"] == 50 and 0.0 <= res["success_rate"] <= 1.0
+    model, _ = load_policy(str(run / "checkpoint.pt"))
+    expect = evaluate_policy(model, dict(horizon=6, num_cues=2, noise=0.0), 50, 3, "cpu")  # greedy, seed 3
+    assert res["episodes"] == 50 and res["success_rate"] == expect["success_rate"]
+    assert res["mean_return"] == expect["mean_return"]
     again = main(["eval", str(run / "checkpoint.pt"), "--episodes", "50", "--seed", "3", "--device", "cpu", "--json"])
     assert again == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["success_rate"] == res["success_rate"]

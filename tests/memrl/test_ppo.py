@@ -67,8 +67,6 @@ def _params(trainer):
     ("mamba2", dict(horizon=12, curriculum_start=4, curriculum_factor=2.0, curriculum_success=0.0)),  # 4 -> 8 -> 12
 ])
 def test_resume_continues_exactly(tmp_path, controller, extra):
-    if controller == "mamba2":
-        pytest.importorskip("mamba_compat.modules.mamba2")
     cfg = small(num_envs=16, controller=controller, d_model=16, headdim=8, d_state=8, mem_dim=16, eval_interval=2,
                 **extra)
     straight = PPOTrainer(cfg)
