@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     """Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 prints, logs, plots and writes files."""
     from . import distributed as dist
+    from .config import resolve_device
 
-    dist.init()
+    dist.init(resolve_device(args.device or Config.device))  # gloo only for cpu; NCCL + cuda:LOCAL_RANK for cuda
     try:
         code = _train_ranks(args, dist)
     except BaseException:

@@ -4,9 +4,10 @@ Without torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) nothing her
 group and every helper is the identity: rank 0 of a world of 1. The trainer calls the helpers only
 where `world_size() > 1`, so the single-process path stays bit-identical.
 
-Under torchrun, `init()` starts the default process group with gloo for CPU tensors and, when CUDA
-is available, NCCL for CUDA tensors ("cpu:gloo,cuda:nccl": tensor collectives go by the tensor's
-device, object collectives through gloo), and pins this process to cuda:LOCAL_RANK.
+Under torchrun, `init(device)` starts the default process group for the run's device (`choose_backend`):
+cpu -> gloo only; cuda -> gloo for CPU tensors and NCCL for CUDA tensors ("cpu:gloo,cuda:nccl": tensor
+collectives go by the tensor's device, object collectives through gloo), with this process pinned to
+cuda:LOCAL_RANK (one GPU per process of a node).
 
 Every helper is a collective: all ranks must call the same helpers in the same order.
 """
@@ -26,15 +27,44 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> bool:
-    """Start the process group when launched by torchrun with WORLD_SIZE > 1. Returns whether it did."""
-    if not launched() or tdist.is_initialized():
+_device: torch.device | None = None  # this rank's device as init() chose it (None: no process group of ours)
+
+
+def choose_backend(device, local_rank: int, gpu_count: int) -> tuple[str, torch.device]:
+    """(process-group backend, this rank's device) for a run on `device` (resolved: cpu or cuda). ValueError for
+    mps, an explicit cuda:N, or a LOCAL_RANK without its own GPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "gloo", torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"distributed training supports cpu (gloo) and cuda (NCCL) devices, not {device.type}")
+    if device.index is not None:
+        raise ValueError(f"under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda, not {device}")
+    if local_rank >= gpu_count:
+        raise ValueError(f"LOCAL_RANK {local_rank} has no GPU of its own: this machine has {gpu_count} CUDA "
+                         f"device(s); start at most {gpu_count} processes per node (torchrun --nproc-per-node "
+                         f"<= {gpu_count}) or train on the CPU with --device cpu")
+    return "cpu:gloo,cuda:nccl", torch.device("cuda", local_rank)
+
+
+def init(device="auto") -> bool:
+    """Start the process group for `device` (auto, cpu, cuda; resolved like Config.device) when launched by
+    torchrun with WORLD_SIZE > 1. Returns whether a process group is running. ValueError if it is already
+    running for another device."""
+    global _device
+    if not launched():
         return tdist.is_initialized()
-    backend = "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = "cpu:gloo,cuda:nccl"
+    from .config import resolve_device
+    backend, mine = choose_backend(resolve_device(str(device)), int(os.environ.get("LOCAL_RANK", "0")),
+                                   torch.cuda.device_count())
+    if tdist.is_initialized():
+        if _device is not None and mine != _device:
+            raise ValueError(f"the process group was started for {_device}, not {mine}")
+        return True
+    if mine.type == "cuda":
+        torch.cuda.set_device(mine)
     tdist.init_process_group(backend=backend)
+    _device = mine
     return True
 
 
@@ -42,10 +72,12 @@ def teardown(wait: bool = True) -> None:
     """Wait for every rank (wait=True), then destroy the process group. Without the barrier a rank that finishes
     first can tear gloo down while its last send to rank 0 (the final checkpoint gather) is in flight, and abort.
     Pass wait=False on an error path: a rank that failed alone must exit, not wait for the others."""
+    global _device
     if tdist.is_initialized():
         if wait:
             tdist.barrier()
         tdist.destroy_process_group()
+    _device = None
 
 
 def world_size() -> int:
@@ -65,14 +97,15 @@ def is_main() -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """cuda -> cuda:LOCAL_RANK when distributed; mps cannot be used with gloo/NCCL (ValueError)."""
+    """This rank's device for a run on `device`: cuda -> cuda:LOCAL_RANK when distributed, as init() chose it
+    (choose_backend); ValueError for mps, or for cuda in a process group started for the CPU (no NCCL)."""
     if world_size() == 1:
         return device
-    if device.type == "cuda":
-        return torch.device("cuda", local_rank())
-    if device.type == "mps":
-        raise ValueError("distributed training supports cpu (gloo) and cuda (NCCL) devices, not mps")
-    return device
+    mine = choose_backend(device, local_rank(), torch.cuda.device_count())[1]
+    if _device is not None and mine.type == "cuda" and mine != _device:
+        raise ValueError(f"the process group was started for {_device} (no NCCL), so this run cannot use {mine}; "
+                         f"give memrl train the same --device as the process group")
+    return mine
 
 
 def sum_values(*values: float, device="cpu") -> list[float]:

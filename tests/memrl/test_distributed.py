@@ -14,6 +14,8 @@ Each rank (`_worker`, run when this file is executed as a script):
      one-process checkpoint must be refused on 2 ranks;
   C. `memrl train` through the CLI (rank 0 logs and writes, the checkpoint holds both ranks' state).
 The test then checks that resuming that 2-rank checkpoint with one process refuses with the message.
+Every rank runs on the CPU (gloo), so this also passes on a machine with fewer GPUs than ranks; the choice of
+backend and device for CUDA is tested without a GPU at the end (choose_backend, init with a faked CUDA).
 """
 import json
 import os
@@ -63,7 +65,7 @@ def _worker(tmp: str) -> None:
     from memrl import distributed as dist
     from memrl.cli import main
 
-    assert dist.init() and dist.world_size() == 2
+    assert dist.init("cpu") and dist.world_size() == 2  # gloo only: also on a machine with fewer GPUs than ranks
     rank, world = dist.rank(), dist.world_size()
     out = {}
     # A. the rank's half of the one-process rollout
@@ -103,9 +105,9 @@ def _worker(tmp: str) -> None:
         out["single_error"] = str(err)
     torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
     # C. the CLI (tears the process group down when done)
-    code = main(["train", "--out", os.path.join(tmp, "run"), "--horizon", "6", "--num-envs", "8", "--controller",
-                 "gru", "--d-model", "16", "--num-minibatches", "2", "--total-steps", "400", "--eval-episodes", "20",
-                 "--checkpoint-interval", "2", "--no-progress", "--seed", "0"])
+    code = main(["train", "--out", os.path.join(tmp, "run"), "--device", "cpu", "--horizon", "6", "--num-envs", "8",
+                 "--controller", "gru", "--d-model", "16", "--num-minibatches", "2", "--total-steps", "400",
+                 "--eval-episodes", "20", "--checkpoint-interval", "2", "--no-progress", "--seed", "0"])
     assert code == 0, code
 
 
@@ -201,3 +203,67 @@ def test_global_mean_std_per_row_in_one_process():
     m, s = dist.global_mean_std(x)
     torch.testing.assert_close(m, x.mean())
     torch.testing.assert_close(s, x.std())
+
+
+def test_choose_backend():
+    from memrl.distributed import choose_backend
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_backend(cpu, local_rank=1, gpu_count=0) == ("gloo", cpu)
+    assert choose_backend(cpu, local_rank=3, gpu_count=8) == ("gloo", cpu)  # --device cpu on a GPU machine
+    assert choose_backend(cuda, local_rank=1, gpu_count=2) == ("cpu:gloo,cuda:nccl", torch.device("cuda", 1))
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 has no GPU of its own: this machine has 1 CUDA device.*"
+                                         r"--nproc-per-node <= 1\) or .*--device cpu"):
+        choose_backend(cuda, local_rank=1, gpu_count=1)
+    with pytest.raises(ValueError, match="not mps"):
+        choose_backend(torch.device("mps"), local_rank=0, gpu_count=0)
+    with pytest.raises(ValueError, match="pass --device cuda, not cuda:1"):
+        choose_backend(torch.device("cuda:1"), local_rank=0, gpu_count=2)
+
+
+@pytest.fixture
+def fake_torchrun(monkeypatch):
+    """WORLD_SIZE 2, LOCAL_RANK 1, one (fake) GPU; records set_device and init_process_group instead of running."""
+    from memrl import distributed as dist
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist.tdist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "_device", None)
+    return calls
+
+
+def monkeypatch_world(monkeypatch):
+    """What world_size() and local_rank() say once the (faked) process group of fake_torchrun runs."""
+    from memrl import distributed as dist
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "local_rank", lambda: 1)
+
+
+def test_init_on_one_gpu_with_two_ranks(fake_torchrun, monkeypatch):
+    from memrl import distributed as dist
+    for device in ("cuda", "auto"):  # auto resolves to cuda, as Config.device does
+        with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU of its own: this machine has 1 CUDA device"):
+            dist.init(device)
+    assert fake_torchrun == []  # refused before touching the device or starting a process group
+    assert dist.init("cpu")
+    assert fake_torchrun == [("init", "gloo")]  # no set_device, no NCCL
+    monkeypatch_world(monkeypatch)
+    assert dist.local_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU"):
+        dist.local_device(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"started for cpu \(no NCCL\), so this run cannot use cuda:1"):
+        dist.local_device(torch.device("cuda"))  # the trainer's device must agree with init's
+
+
+def test_init_cuda_pins_the_local_rank(fake_torchrun, monkeypatch):
+    from memrl import distributed as dist
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert dist.init("cuda")
+    assert fake_torchrun == [("set_device", torch.device("cuda", 1)), ("init", "cpu:gloo,cuda:nccl")]
+    monkeypatch_world(monkeypatch)
+    assert dist.local_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert dist.local_device(torch.device("cpu")) == torch.device("cpu")  # CPU tensors go through gloo
