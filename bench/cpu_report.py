@@ -1,8 +1,9 @@
-"""CPU figures for the SSD op at a named shape: reference vs naive vs upstream's ssd_minimal (when the anchor is
-on PYTHONPATH), forward and forward+backward, achieved GFLOP/s against this machine's fp32 matmul rate, and the
-peak resident memory of each measurement (Linux: VmHWM, reset before each case).
+"""CPU figures for the SSD op at a named shape: reference vs naive vs upstream's ssd_minimal (its public source is
+fetched with pip into a cache folder on first use, tests/upstream.py), forward and forward+backward, in one run:
+times, ratios, achieved GFLOP/s against this machine's fp32 matmul rate measured in the same run, and the peak
+resident memory of each measurement (Linux: VmHWM, reset before each case).
 
-    PYTHONPATH=.anchor python bench/cpu_report.py            # b4 L1024 H8 P64 N64 chunk 64 fp32
+    python bench/cpu_report.py            # b4 L1024 H8 P64 N64 chunk 64 fp32
 """
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ import json
 import statistics
 import time
 
+import os
+import platform
+import sys
+
 import torch
 
 from shapes import CPU_SHAPES
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 
 def reset_peak():
@@ -85,9 +92,11 @@ def main():
         case(backend, lambda b=backend: mamba_chunk_scan_combined(
             kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], shape.chunk, dt_bias=kw["dt_bias"], dt_softplus=True,
             return_final_states=True, backend=b), reps)
+    from upstream import UpstreamUnavailable, import_upstream
     try:
-        from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
-    except ImportError:
+        ssd_minimal_discrete = import_upstream("modules.ssd_minimal").ssd_minimal_discrete
+    except UpstreamUnavailable as err:
+        print(f"upstream ssd_minimal not timed: {str(err).splitlines()[0]}")
         ssd_minimal_discrete = None
     if ssd_minimal_discrete is not None:
         def minimal():
@@ -96,7 +105,8 @@ def main():
         case("ssd_minimal (upstream)", minimal, args.reps)
 
     rate = matmul_rate()
-    print(f"shape {shape.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"shape {shape.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"fp32 2048^3 matmul {rate:.0f} GFLOP/s, forward work {shape.flops_fwd() / 1e9:.2f} GFLOP")
     print("| implementation | fwd ms | fwd+bwd ms | fwd GFLOP/s | fwd+bwd GFLOP/s | peak MB fwd | peak MB fwd+bwd |")
     print("|---|---|---|---|---|---|---|")

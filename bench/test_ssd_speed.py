@@ -1,10 +1,11 @@
 """SSD forward and forward+backward per backend and named shape; decode step per backend.
 
-    pytest bench/ --benchmark-columns=median,min,max --benchmark-sort=name
+    pytest bench/
 Backends that cannot run here are skipped with the reason (e.g. triton without CUDA, metal without MPS).
 The naive loop is timed only on the small shapes and once per round (it is the oracle, not a contender).
-An optional anchor: PYTHONPATH=.anchor (see ../shared/tools/mamba_ssm_anchor.sh) adds upstream's pure-torch
-`ssd_minimal_discrete` on CPU and its Triton `mamba_chunk_scan_combined` on CUDA.
+Upstream's pure-torch `ssd_minimal_discrete` is timed beside them on CPU: its public source is fetched with pip
+into a cache folder on first use (tests/upstream.py); without the package registry that column is skipped.
+The side-by-side tables are printed at the end (bench/conftest.py).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _check_against_reference(shape, kw, backend):
 
 
 @pytest.mark.parametrize("device,shape,backend", list(_cases()))
-def test_forward(benchmark, device, shape, backend):
+def test_forward(benchmark, record_time, device, shape, backend):
     _skip_unless_runnable(device, backend, shape)
     kw = shape.make(device)
     _check_against_reference(shape, kw, backend)
@@ -74,10 +75,11 @@ def test_forward(benchmark, device, shape, backend):
 
     benchmark.pedantic(fwd, **_rounds(backend))
     benchmark.extra_info.update(flops=shape.flops_fwd(), bytes=shape.bytes_fwd())
+    record_time("SSD forward", device, shape.name, backend, benchmark, shape.flops_fwd())
 
 
 @pytest.mark.parametrize("device,shape,backend", list(_cases()))
-def test_forward_backward(benchmark, device, shape, backend):
+def test_forward_backward(benchmark, record_time, device, shape, backend):
     _skip_unless_runnable(device, backend, shape)
     kw = shape.make(device, requires_grad=True)
     _check_against_reference(shape, kw, backend)
@@ -91,26 +93,41 @@ def test_forward_backward(benchmark, device, shape, backend):
 
     benchmark.pedantic(fwd_bwd, **_rounds(backend))
     benchmark.extra_info.update(flops=3 * shape.flops_fwd())
+    record_time("SSD forward+backward", device, shape.name, backend, benchmark, 3 * shape.flops_fwd())
 
 
-def test_ssd_minimal_anchor_cpu(benchmark):
-    """Upstream's pure-torch ssd_minimal (Listing 1 of the paper) at the CPU shape, when the anchor is on the path."""
-    mod = pytest.importorskip("mamba_ssm.modules.ssd_minimal", reason="anchor not on PYTHONPATH (.anchor)")
+def _ssd_minimal():
+    from upstream import UpstreamUnavailable, import_upstream
+    try:
+        return import_upstream("modules.ssd_minimal").ssd_minimal_discrete
+    except UpstreamUnavailable as err:
+        pytest.skip(f"upstream mamba_ssm could not be fetched ({str(err).splitlines()[0]})")
+
+
+@pytest.mark.parametrize("direction", ["forward", "forward+backward"])
+def test_ssd_minimal_anchor_cpu(benchmark, record_time, direction):
+    """Upstream's pure-torch ssd_minimal (Listing 1 of the paper) at the CPU shapes, same inputs and dt processing."""
+    ssd_minimal = _ssd_minimal()
     shape = CPU_SHAPES[0]
     kw = shape.make("cpu", requires_grad=True)
-    dtv = torch.nn.functional.softplus(kw["dt"] + kw["dt_bias"])
 
-    def fwd_bwd():
-        y, s = mod.ssd_minimal_discrete(kw["x"] * dtv[..., None], kw["A"] * dtv, kw["B"], kw["C"], shape.chunk)
+    def run():
+        dtv = torch.nn.functional.softplus(kw["dt"] + kw["dt_bias"])
+        if direction == "forward":
+            with torch.no_grad():
+                return ssd_minimal(kw["x"] * dtv[..., None], kw["A"] * dtv, kw["B"], kw["C"], shape.chunk)
+        y, s = ssd_minimal(kw["x"] * dtv[..., None], kw["A"] * dtv, kw["B"], kw["C"], shape.chunk)
         (y.sum() + s.sum()).backward()
 
-    benchmark.pedantic(fwd_bwd, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    work = shape.flops_fwd() * (1 if direction == "forward" else 3)
+    record_time(f"SSD {direction}", "cpu", shape.name, "upstream ssd_minimal", benchmark, work)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
 @pytest.mark.parametrize("batch", [64, 4096])
 @pytest.mark.parametrize("backend", ["reference", "triton", "metal"])
-def test_decode_step(benchmark, device, batch, backend):
+def test_decode_step(benchmark, record_time, device, batch, backend):
     if device not in DEVICES:
         pytest.skip(f"no {device} device on this machine")
     ok, why = backends.status(backend, torch.device(device))
@@ -132,3 +149,4 @@ def test_decode_step(benchmark, device, batch, backend):
 
     benchmark.pedantic(step, rounds=20, warmup_rounds=2)
     benchmark.extra_info.update(state_bytes=2 * state.numel() * 4)
+    record_time("decode step", device, f"{batch} x H4 P64 N64", backend, benchmark)

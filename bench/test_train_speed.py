@@ -19,16 +19,7 @@ NUM_ENVS = int(os.environ.get("MEMRL_BENCH_ENVS", "512"))
 DEVICE = os.environ.get("MEMRL_BENCH_DEVICE", "auto")
 
 
-def _has_mamba2():
-    try:
-        from mamba_compat import Mamba2  # noqa: F401
-        return True
-    except Exception:
-        return False
-
-
-CONTROLLERS = [pytest.param("mamba2", marks=pytest.mark.skipif(not _has_mamba2(), reason="no mamba_compat.Mamba2")),
-               "gru"]
+CONTROLLERS = ["mamba2", "gru"]
 
 
 def _trainer(controller):
@@ -40,7 +31,7 @@ def _trainer(controller):
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)
-def test_acting_speed(benchmark, controller):
+def test_acting_speed(benchmark, record_rate, controller):
     trainer = _trainer(controller)
     steps = trainer.cfg.num_envs * trainer.rollout_len
 
@@ -51,11 +42,11 @@ def test_acting_speed(benchmark, controller):
     benchmark.pedantic(run, rounds=3, iterations=1)
     sps = steps / benchmark.stats.stats.mean
     benchmark.extra_info.update({"env_steps_per_s": sps, "device": str(trainer.device), "num_envs": NUM_ENVS})
-    print(f"\nacting {controller} on {trainer.device}: {sps:,.0f} env-steps/s")
+    record_rate(f"acting, {controller}, {NUM_ENVS} envs, {trainer.device}", sps, "env-steps/s")
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)
-def test_ppo_update_speed(benchmark, controller):
+def test_ppo_update_speed(benchmark, record_rate, controller):
     trainer = _trainer(controller)
     roll = trainer.collect_rollout()
     steps = trainer.cfg.num_envs * trainer.rollout_len
@@ -68,5 +59,5 @@ def test_ppo_update_speed(benchmark, controller):
     sps = steps / benchmark.stats.stats.mean
     benchmark.extra_info.update({"env_steps_per_s": sps, "device": str(trainer.device), "num_envs": NUM_ENVS,
                                  "update_epochs": trainer.cfg.update_epochs})
-    print(f"\nPPO update {controller} on {trainer.device}: {sps:,.0f} env-steps/s "
-          f"({trainer.cfg.update_epochs} epochs x {trainer.cfg.num_minibatches} minibatches)")
+    record_rate(f"PPO update, {controller}, {NUM_ENVS} envs, {trainer.device} ({trainer.cfg.update_epochs} epochs x "
+                f"{trainer.cfg.num_minibatches} minibatches)", sps, "env-steps/s")
