@@ -7,18 +7,50 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
+import re
 from dataclasses import dataclass
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+
+
+class ConfigError(ValueError):
+    """A Config field outside its range. str(): '<field> must be <rule>, got <value>'; `field`, `rule` and `value`
+    let the CLI say the same with the flag's name (flag_message)."""
+
+    def __init__(self, field: str, rule: str, value):
+        self.field, self.rule, self.value = field, rule, value
+        super().__init__(f"{field} must be {rule}, got {value!r}")
+
+    def flag_message(self) -> str:
+        return f"--{self.field.replace('_', '-')} must be {self.rule}, got {self.value!r}"
+
+
+# integer fields: smallest allowed value
+_INT_MIN = {"horizon": 2, "num_cues": 2, "num_envs": 1, "d_model": 1, "n_layers": 1, "d_state": 1, "headdim": 1,
+            "expand": 1, "ssm_chunk": 1, "mem_slots": 1, "mem_dim": 1, "mem_chunk": 1, "head_hidden": 1,
+            "curriculum_start": 0, "rollout_len": 0, "burn_in": 0, "total_steps": 1, "update_epochs": 1,
+            "num_minibatches": 1, "eval_episodes": 1, "eval_interval": 1, "checkpoint_interval": 1,
+            "debug_nan_at_update": 0}
+# float fields: the rule they must satisfy (and be finite)
+_RULES = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, "> 1": lambda v: v > 1,
+          "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1)": lambda v: 0 < v < 1}
+_FLOAT_RULE = {"noise": ">= 0", "mem_timescale_factor": "> 0", "mem_gate_init": "in (0, 1)",
+               "curriculum_factor": "> 1", "curriculum_success": "in [0, 1]", "lr": "> 0", "gamma": "in [0, 1]",
+               "gae_lambda": "in [0, 1]", "clip_coef": "> 0", "vf_coef": ">= 0", "ent_coef": ">= 0",
+               "gate_coef": ">= 0", "gate_penalty_after": "in [0, 1]", "max_grad_norm": "> 0", "target_kl": ">= 0",
+               "eval_trigger": ">= 0", "target_success": "> 0"}
 
 
 @dataclass
 class Config:
     # --- environment -------------------------------------------------------------------------------------
     env: str = "DelayedCue"
-    """Task: DelayedCue, TMaze or RepeatFirst."""
+    """Task: DelayedCue, TMaze or RepeatFirst (memrl.envs.ENVS)."""
     horizon: int = 200
     """Episode length: cue at t=0, query at t=horizon-1."""
     num_cues: int = 2
-    """Number of distinct cues (and actions); RepeatFirst's num_symbols; TMaze has 2."""
+    """Number of distinct cues (and actions); RepeatFirst's num_symbols; TMaze has 2 (only 2 is accepted)."""
     noise: float = 0.0
     """Std of Gaussian noise in the blank observations (0 = zeros)."""
     num_envs: int = 512
@@ -53,7 +85,7 @@ class Config:
     head_hidden: int = 64
     """Hidden width of the policy and value heads."""
     curriculum_start: int = 20
-    """First training horizon of the curriculum (0 = train at `horizon` from the start)."""
+    """First training horizon of the curriculum (0 = train at `horizon` from the start; else >= 2)."""
     curriculum_factor: float = 2.5
     """Multiply the training horizon by this whenever a stage is solved (capped at `horizon`)."""
     curriculum_success: float = 0.9
@@ -101,15 +133,15 @@ class Config:
     eval_interval: int = 10
     """Evaluate every this many updates."""
     eval_trigger: float = 0.9
-    """Also evaluate after any rollout whose success rate reaches this."""
+    """Also evaluate after any rollout whose success rate reaches this (> 1: never)."""
     target_success: float = 0.99
-    """Stop when evaluation success reaches this."""
+    """Stop when evaluation success reaches this (> 1: never stop early)."""
     checkpoint_interval: int = 5
     """Save RUN_DIR/checkpoint.pt every this many updates (and at the end)."""
     seed: int = 1
     """Seed of the model init, the envs and action sampling."""
     device: str = "auto"
-    """auto (cuda > mps > cpu), cpu, cuda or mps."""
+    """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
     cuda_graph: bool = True
     """On CUDA, capture each rollout's acting loop as one CUDA graph and replay it (False = eager launches)."""
     out: str = "runs/memrl"
@@ -122,18 +154,33 @@ class Config:
     """Testing aid: poison a parameter with NaN before this update (0 = never)."""
 
     def __post_init__(self):
-        if self.env not in ("DelayedCue", "TMaze", "RepeatFirst"):
-            raise ValueError(f"env must be DelayedCue, TMaze or RepeatFirst, got {self.env!r}")
-        if self.controller not in ("mamba2", "gru", "lstm"):
-            raise ValueError(f"controller must be mamba2, gru or lstm, got {self.controller!r}")
-        if self.num_envs < self.num_minibatches or self.num_envs % self.num_minibatches:
-            raise ValueError(f"num_envs ({self.num_envs}) must be a multiple of num_minibatches "
-                             f"({self.num_minibatches})")
-        if self.burn_in < 0 or (self.rollout_len and self.burn_in > self.rollout_len):
-            raise ValueError(f"burn_in must be in [0, rollout_len={self.rollout_len}], got {self.burn_in}")
-        if self.curriculum_start < 0 or self.curriculum_factor <= 1.0:
-            raise ValueError(f"need curriculum_start >= 0 and curriculum_factor > 1, got {self.curriculum_start}, "
-                             f"{self.curriculum_factor}")
+        from .envs import ENVS  # the registries (imported here: `memrl --help` needs no torch)
+        from .models.controllers import CONTROLLERS
+        for name, allowed in (("env", ENVS), ("controller", tuple(CONTROLLERS))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, "one of " + ", ".join(allowed), getattr(self, name))
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ConfigError("device", "one of " + ", ".join(DEVICES) + " or cuda:N", self.device)
+        for name, low in _INT_MIN.items():
+            v = getattr(self, name)
+            is_int = isinstance(v, int) and not isinstance(v, bool)
+            if not is_int or v < low:
+                raise ConfigError(name, f">= {low}" if is_int else f"an integer >= {low}", v)
+        for name, rule in _FLOAT_RULE.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not _RULES[rule](v):
+                raise ConfigError(name, f"a finite number {rule}", v)
+        if self.env == "TMaze" and self.num_cues != 2:
+            raise ConfigError("num_cues", "2 for TMaze (it has 2 arms)", self.num_cues)
+        if self.num_envs % self.num_minibatches:
+            raise ConfigError("num_envs", f"a multiple of num_minibatches ({self.num_minibatches})", self.num_envs)
+        if self.curriculum_start == 1:
+            raise ConfigError("curriculum_start", "0 (no curriculum) or >= 2", 1)
+        if self.rollout_len and self.burn_in > self.rollout_len:
+            raise ConfigError("burn_in", f"<= rollout_len ({self.rollout_len})", self.burn_in)
+        if self.controller == "mamba2" and (self.expand * self.d_model) % self.headdim:
+            raise ConfigError("headdim", f"a divisor of expand * d_model = {self.expand * self.d_model} for the "
+                              "mamba2 controller", self.headdim)
 
     @property
     def first_horizon(self) -> int:
@@ -169,6 +216,6 @@ def resolve_device(name: str):
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' requested but torch.backends.mps.is_available() is False")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu, cuda or mps, got {name!r}")
+    if name not in ("cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", name):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {name!r}")
     return torch.device(name)

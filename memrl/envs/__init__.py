@@ -10,20 +10,25 @@ from .tmaze import TMaze
 
 __all__ = ["DelayedCue", "RepeatFirst", "TMaze", "ENVS", "make_env"]
 
-ENVS = ("DelayedCue", "TMaze", "RepeatFirst")
+_BUILDERS = {  # name -> builder(num_envs, device, horizon, num_cues, noise): the one list of known envs
+    "DelayedCue": lambda n, device, horizon, num_cues, noise: DelayedCue(num_envs=n, horizon=horizon, num_cues=num_cues,
+                                                                         noise=noise, device=device),
+    "TMaze": lambda n, device, horizon, num_cues, noise: TMaze(num_envs=n, horizon=horizon, noise=noise, device=device),
+    "RepeatFirst": lambda n, device, horizon, num_cues, noise: RepeatFirst(num_envs=n, horizon=horizon,
+                                                                           num_symbols=num_cues, noise=noise,
+                                                                           device=device),
+}
+ENVS = tuple(_BUILDERS)
+"""Names make_env knows (Config and the CLI validate --env against this)."""
 
 
 def make_env(name: str, num_envs: int = 1, device="cpu", horizon: int = 200, num_cues: int = 2,
              noise: float = 0.0):
     """Build a batched env by name with the trainer's options (num_cues is RepeatFirst's num_symbols;
     TMaze always has 2 arms)."""
-    if name == "DelayedCue":
-        return DelayedCue(num_envs=num_envs, horizon=horizon, num_cues=num_cues, noise=noise, device=device)
-    if name == "TMaze":
-        return TMaze(num_envs=num_envs, horizon=horizon, noise=noise, device=device)
-    if name == "RepeatFirst":
-        return RepeatFirst(num_envs=num_envs, horizon=horizon, num_symbols=num_cues, noise=noise, device=device)
-    raise ValueError(f"unknown env {name!r}; available: {list(ENVS)}")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown env {name!r}; available: {', '.join(ENVS)}")
+    return _BUILDERS[name](num_envs, device, horizon, num_cues, noise)
 
 
 def _register() -> None:

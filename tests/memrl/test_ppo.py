@@ -21,6 +21,20 @@ def test_every_config_field_has_a_docstring():
     assert not missing, f"fields without a docstring: {missing}"
 
 
+def test_every_range_checked_config_field_names_itself():
+    from memrl.config import _FLOAT_RULE, _INT_MIN, ConfigError
+    bad = {">= 0": -0.1, "> 0": 0.0, "> 1": 1.0, "in [0, 1]": 1.5, "in (0, 1)": 1.0}
+    cases = [(name, low - 1, f">= {low}") for name, low in _INT_MIN.items()]
+    cases += [(name, value, f"a finite number {rule}") for name, rule in _FLOAT_RULE.items()
+              for value in (bad[rule], float("nan"))]
+    for name, value, rule in cases:
+        with pytest.raises(ConfigError) as err:
+            Config(**{name: value})
+        assert (err.value.field, str(err.value)) == (name, f"{name} must be {rule}, got {value!r}")
+    Config(num_envs=1, num_minibatches=1, total_steps=1, horizon=2, curriculum_start=0, eval_interval=1, lr=1e-9,
+           target_success=1.5, eval_trigger=2.0, gamma=1.0, noise=0.0)  # the edges themselves are fine
+
+
 def test_gae_matches_hand_computation():
     rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     values = torch.tensor([[0.5, 0.4, 0.3, 0.2]])
