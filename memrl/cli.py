@@ -152,16 +152,28 @@ def _train_ranks(args, dist) -> int:
         png = plot_run(run_dir)
     except Exception as err:  # plotting is a convenience: never lose a run over it
         png = f"(no plot: {err})"
-    ev = trainer.last_eval or {}
     sps = (trainer.env_steps - steps0) / max(wall, 1e-9)
     mem = ""
     if trainer.device.type == "cuda":
         import torch
         mem = f", peak GPU memory {torch.cuda.max_memory_allocated(trainer.device) / 2**30:.1f} GiB"
     print(f"done: {trainer.env_steps} env steps ({trainer.env_steps - steps0} in {wall:.1f} s this session, {sps:.0f} "
-          f"steps/s overall{mem}), eval success {ev.get('success_rate', float('nan')):.3f} on {ev.get('episodes', 0)} fresh "
-          f"episodes, solved={trainer.solved}; checkpoint {ckpt}; curves {png}")
+          f"steps/s overall{mem}), {_eval_summary(trainer)}, solved={trainer.solved}; checkpoint {ckpt}; "
+          f"curves {png}")
     return code
+
+
+def _eval_summary(trainer) -> str:
+    """The done line's evaluation: at the full horizon, or why there is none."""
+    cfg, ev, h = trainer.cfg, trainer.last_eval, trainer.train_horizon
+    stage = f"the curriculum stopped at horizon {h} of {cfg.horizon}"
+    if ev is None:
+        return "not evaluated" + (f" ({stage})" if h < cfg.horizon else "")
+    at = ev.get("horizon", cfg.horizon)  # checkpoints of older runs: always the full horizon
+    text = f"eval success {ev['success_rate']:.3f} on {ev['episodes']} fresh episodes"
+    if at == cfg.horizon:
+        return text
+    return f"not evaluated at horizon {cfg.horizon} ({stage}; last {text} at horizon {at})"
 
 
 def _eval(args) -> int:

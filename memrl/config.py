@@ -131,11 +131,11 @@ class Config:
     eval_episodes: int = 1000
     """Fresh episodes per evaluation (greedy actions)."""
     eval_interval: int = 10
-    """Evaluate every this many updates."""
+    """Evaluate every this many updates, at the current training horizon (a curriculum stage or the full horizon)."""
     eval_trigger: float = 0.9
-    """Also evaluate after any rollout whose success rate reaches this (> 1: never)."""
+    """At the full horizon, also evaluate after any rollout whose success rate reaches this (> 1: never)."""
     target_success: float = 0.99
-    """Stop when evaluation success reaches this (> 1: never stop early)."""
+    """Stop when evaluation success at the full horizon reaches this (> 1: never stop early)."""
     checkpoint_interval: int = 5
     """Save RUN_DIR/checkpoint.pt every this many updates (and at the end)."""
     seed: int = 1

@@ -84,7 +84,7 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)  # same on every rank: identical model init (broadcast from rank 0 below)
         seed = cfg.seed + dist.RANK_SEED_STRIDE * self.rank  # envs and action sampling differ per rank
         self.env_kwargs = dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
-        self.train_horizon = cfg.first_horizon  # curriculum stage; evaluation always uses cfg.horizon
+        self.train_horizon = cfg.first_horizon  # curriculum stage (also the horizon of the periodic evaluation)
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, device=self.device,
                             **{**self.env_kwargs, "horizon": self.train_horizon})
         obs_dim, num_actions = self.env.single_observation_space.shape[0], self.env.single_action_space.n
@@ -250,10 +250,13 @@ class PPOTrainer:
         return {"episodes": episodes, "return": total / max(episodes, 1), "success": successes / max(episodes, 1),
                 "gate_mean": gate_mean}
 
-    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict:
+    def evaluate(self, episodes: int | None = None, seed: int | None = None, horizon: int | None = None) -> dict:
+        """evaluate_policy on fresh episodes of `horizon` (default: the full cfg.horizon), plus "horizon"."""
         seed = self.cfg.seed * 100_003 + self.update_idx if seed is None else seed
-        return evaluate_policy(self.model, self.env_kwargs, episodes or self.cfg.eval_episodes, seed, self.device,
-                               env_name=self.cfg.env)
+        horizon = horizon or self.cfg.horizon
+        res = evaluate_policy(self.model, {**self.env_kwargs, "horizon": horizon}, episodes or self.cfg.eval_episodes,
+                              seed, self.device, env_name=self.cfg.env)
+        return {**res, "horizon": horizon}
 
     def train_step(self) -> dict:
         """One rollout + one update (+ evaluation when due). Returns the logged metrics."""
@@ -280,18 +283,19 @@ class PPOTrainer:
         stats.update({"update": self.update_idx, "sps": sps,
                       "rollout_s": t_roll, "update_s": dt - t_roll, "wall": self.wall_time,
                       "train_horizon": self.train_horizon})
-        if self.train_horizon < cfg.horizon:  # curriculum: the stage is solved, lengthen the episodes
-            if stats["success"] >= cfg.curriculum_success:
-                self.train_horizon = min(cfg.horizon, int(round(self.train_horizon * cfg.curriculum_factor)))
-                self.env.set_horizon(self.train_horizon)
-        elif stats["success"] >= cfg.eval_trigger or self.update_idx % cfg.eval_interval == 0:
+        # evaluation at the current training horizon; only one at the full horizon can stop the run
+        full = self.train_horizon >= cfg.horizon
+        if self.update_idx % cfg.eval_interval == 0 or (full and stats["success"] >= cfg.eval_trigger):
             t1 = time.perf_counter()
-            self.last_eval = self.evaluate() if self.rank == 0 else None
+            self.last_eval = self.evaluate(horizon=self.train_horizon) if self.rank == 0 else None
             if self.world > 1:  # rank 0 evaluates; its result (and so the stop decision) goes to every rank
                 self.last_eval = dist.broadcast_object(self.last_eval)
             self.wall_time += time.perf_counter() - t1
-            stats["eval_success"] = self.last_eval["success_rate"]
-            self.solved = self.last_eval["success_rate"] >= cfg.target_success
+            stats["eval_success"], stats["eval_horizon"] = self.last_eval["success_rate"], self.train_horizon
+            self.solved = full and self.last_eval["success_rate"] >= cfg.target_success
+        if not full and stats["success"] >= cfg.curriculum_success:  # curriculum: stage solved, lengthen episodes
+            self.train_horizon = min(cfg.horizon, int(round(self.train_horizon * cfg.curriculum_factor)))
+            self.env.set_horizon(self.train_horizon)
         return stats
 
     # ------------------------------------------------------------------------------------------- checkpoints

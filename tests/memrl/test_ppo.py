@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memrl.config import Config, field_docs
-from memrl.ppo import NonFiniteError, PPOTrainer, gae
+from memrl.ppo import NonFiniteError, PPOTrainer, evaluate_policy, gae
 
 
 def small(**kw):
@@ -59,6 +59,25 @@ def test_ppo_learns_delayed_cue_10():
             break
     res = trainer.evaluate(episodes=1000, seed=123)
     assert res["success_rate"] >= 0.95, (trainer.update_idx, res)
+
+
+def test_evaluation_at_the_training_horizon_and_only_the_full_horizon_stops():
+    """Every eval_interval updates the trainer evaluates at its current training horizon (logged as eval_horizon);
+    however good, a curriculum stage's evaluation never stops the run; one at the full horizon does. The
+    eval_trigger (good rollouts) only applies at the full horizon."""
+    stage = PPOTrainer(small(horizon=12, curriculum_start=4, curriculum_success=1.0, eval_interval=1,
+                             eval_episodes=50, target_success=0.01))
+    stats = stage.train_step()
+    assert stage.train_horizon == 4 and stats["eval_horizon"] == 4
+    again = evaluate_policy(stage.model, dict(horizon=4, num_cues=2, noise=0.0), 50, stage.cfg.seed * 100_003 + 1)
+    assert stats["eval_success"] == again["success_rate"] >= 0.01 and stage.last_eval == {**again, "horizon": 4}
+    assert not stage.solved
+    full = PPOTrainer(small(horizon=6, curriculum_start=0, eval_interval=1, eval_episodes=50, target_success=0.01))
+    stats = full.train_step()
+    assert stats["eval_horizon"] == 6 and stats["eval_success"] >= 0.01 and full.solved
+    triggered = [PPOTrainer(small(horizon=h, curriculum_start=4, curriculum_success=1.0, eval_interval=100,
+                                  eval_trigger=0.0)) for h in (12, 4)]
+    assert ["eval_success" in t.train_step() for t in triggered] == [False, True]
 
 
 def test_nan_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):

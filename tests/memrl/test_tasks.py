@@ -363,6 +363,7 @@ def test_make_env_and_trainer_smoke(name, cls, tmp_path):
     again = evaluate_policy(trainer.model, dict(horizon=6, num_cues=cues, noise=0.0), 16, cfg.seed * 100_003 + 1,
                             "cpu", env_name=name)
     assert again["episodes"] == 16 and stats["eval_success"] == again["success_rate"]
+    assert stats["eval_horizon"] == 6 and trainer.last_eval == {**again, "horizon": 6}
 
 
 @pytest.mark.parametrize("name", ["DelayedCue", "TMaze", "RepeatFirst"])
