@@ -1,65 +1,132 @@
 """`memrl` command line: train / eval / plot.
 
-    memrl train [--out RUN_DIR] [--device auto] [--seed 1] ...      defaults solve DelayedCue-200
+    memrl train [--out RUN_DIR] [--device auto] [--seed 1] ...      defaults solve DelayedCue-200; without --out,
+                                                                    a new directory runs/ENV-H-CONTROLLER-N
+    memrl train --out RUN_DIR --overwrite                           replace the run in RUN_DIR (else refused)
     memrl train --resume RUN_DIR                                    continue exactly from RUN_DIR/checkpoint.pt
     memrl eval RUN_DIR/checkpoint.pt --episodes 1000 --seed 0 --json
     memrl plot RUN_DIR                                              writes RUN_DIR/curves.png
     torchrun --nproc-per-node=N -m memrl train ...                   data-parallel (docs/distributed.md)
+
+Bad arguments, flags, paths and checkpoints are found before training starts and reported as one line
+`memrl CMD: error: ...` (exit code 2). An exception raised once training runs keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import pickle
 import sys
 import time
 
-from .config import Config, field_docs
+from .config import Config, ConfigError, field_docs
 
 # train flags exposed on the command line: (flag, config field)
 _TRAIN_FLAGS = ["env", "device", "out", "seed", "total_steps", "num_envs", "controller", "horizon", "num_cues", "noise",
                 "target_success", "eval_episodes", "lr", "update_epochs", "num_minibatches", "rollout_len", "burn_in",
                 "ent_coef", "gate_coef", "target_kl", "d_model", "eval_interval", "checkpoint_interval",
-                "curriculum_start", "gate_penalty_after", "debug_nan_at_update"]
+                "curriculum_start", "curriculum_factor", "curriculum_success", "gate_penalty_after",
+                "debug_nan_at_update"]
+# what a resume cannot change: the shapes of the checkpoint's model, optimizer state and envs
+_RESUME_FIXED = ("env", "num_envs", "num_cues", "controller", "memory", "d_model", "n_layers", "d_state", "headdim",
+                 "expand", "mem_slots", "mem_dim", "head_hidden")
+_CHECKPOINT_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # unreadable or not ours
+
+
+class UsageError(Exception):
+    """Bad arguments, flags, paths or checkpoints: reported as one line `memrl CMD: error: ...`, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(field: str) -> str:
+    return "--no-memory" if field == "memory" else "--" + field.replace("_", "-")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="memrl", description="Memory RL: PseudoMode memory + Mamba2 + recurrent PPO")
+    p = _Parser(prog="memrl", description="Memory RL: PseudoMode memory + Mamba2 + recurrent PPO")
     sub = p.add_subparsers(dest="cmd", required=True)
-    docs, defaults = field_docs(), Config()
-    t = sub.add_parser("train", help="train PPO (defaults solve DelayedCue-200)")
+    docs, defaults = field_docs(), {f.name: f.default for f in dataclasses.fields(Config)}
+    t = sub.add_parser("train", help="train PPO (defaults solve DelayedCue-200)",
+                       description="Train until greedy evaluation at the full horizon reaches --target-success or "
+                                   "--total-steps env steps are spent.")
     for name in _TRAIN_FLAGS:
-        default = getattr(defaults, name)
-        kw = {"choices": ["mamba2", "gru", "lstm"]} if name == "controller" else {}
-        kw = {"choices": ["auto", "cpu", "cuda", "mps"]} if name == "device" else kw
-        kw = {"choices": ["DelayedCue", "TMaze", "RepeatFirst"]} if name == "env" else kw
-        t.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
-                       help=f"{docs[name]} (default {default})", **kw)
+        default = defaults[name]
+        t.add_argument(_flag(name), type=type(default), default=None,
+                       help=docs[name] + (f" (default {default})" if default != "" else ""))
     t.add_argument("--no-memory", action="store_true", help="disable the PseudoMode memory")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR/checkpoint.pt exactly")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR/checkpoint.pt exactly (appends to its logs)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="if --out already holds a run, delete the files memrl wrote there first (else refused)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no tqdm counter on a terminal (the per-evaluation and per-stage lines stay)")
     t.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, launch the acting loop's kernels eagerly instead of replaying one CUDA graph")
-    e = sub.add_parser("eval", help="evaluate a checkpoint on fresh episodes (greedy actions)")
-    e.add_argument("checkpoint")
-    e.add_argument("--episodes", type=int, default=1000)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    e = sub.add_parser("eval", help="evaluate a checkpoint on fresh episodes (greedy actions)", formatter_class=fmt,
+                       description="Evaluate a checkpoint on fresh episodes of its full horizon.")
+    e.add_argument("checkpoint", help="a checkpoint.pt written by memrl train")
+    e.add_argument("--episodes", type=int, default=1000, help="fresh episodes to run (>= 1)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the episodes (and of the actions with --sample)")
+    e.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     e.add_argument("--sample", action="store_true", help="sample actions instead of taking the argmax")
     e.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    pl = sub.add_parser("plot", help="write RUN_DIR/curves.png from RUN_DIR/metrics.jsonl")
-    pl.add_argument("run_dir")
+    pl = sub.add_parser("plot", help="write RUN_DIR/curves.png from RUN_DIR/metrics.jsonl", formatter_class=fmt,
+                        description="Write the learning curves of a run to RUN_DIR/curves.png.")
+    pl.add_argument("run_dir", help="a run directory of memrl train (with its metrics.jsonl)")
     return p
+
+
+def _resolve(device: str):
+    from .config import resolve_device
+    try:
+        return resolve_device(device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _config(values: dict, given: dict, source: str | None = None) -> Config:
+    """Config(**values); a field out of range -> UsageError naming its flag (or the checkpoint it came from)."""
+    try:
+        return Config(**values)
+    except ConfigError as err:
+        if source is None or err.field in given:
+            raise UsageError(err.flag_message()) from None
+        raise UsageError(f"{err} (in the config of {source})") from None
+
+
+def _overrides(args) -> dict:
+    overrides = {n: getattr(args, n) for n in _TRAIN_FLAGS if getattr(args, n) is not None}
+    for flag, field in (("no_memory", "memory"), ("no_cuda_graph", "cuda_graph"), ("no_progress", "progress")):
+        if getattr(args, flag):
+            overrides[field] = False
+    if args.resume:
+        overrides.setdefault("out", args.resume)
+        if args.overwrite and os.path.abspath(overrides["out"]) == os.path.abspath(args.resume):
+            raise UsageError(f"--overwrite would delete the run that --resume {args.resume} continues; give a "
+                             f"new --out to continue it elsewhere")
+    return overrides
 
 
 def _train(args) -> int:
     """Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 prints, logs, plots and writes files."""
     from . import distributed as dist
-    from .config import resolve_device
 
-    dist.init(resolve_device(args.device or Config.device))  # gloo only for cpu; NCCL + cuda:LOCAL_RANK for cuda
+    overrides = _overrides(args)
+    cfg = None if args.resume else _config(overrides, overrides)  # a resume's config is the checkpoint's
+    # the process group exists before the checkpoint can be broadcast, so a resume starts it for --device (or auto)
+    device = _resolve(cfg.device if cfg else overrides.get("device", "auto"))
     try:
-        code = _train_ranks(args, dist)
+        dist.init(device)
+    except ValueError as err:  # e.g. more processes than GPUs
+        raise UsageError(str(err)) from None
+    try:
+        code = _train_ranks(args, dist, overrides, cfg)
     except BaseException:
         dist.teardown(wait=False)
         raise
@@ -67,100 +134,124 @@ def _train(args) -> int:
     return code
 
 
-def _train_ranks(args, dist) -> int:
-    from .ppo import NonFiniteError, PPOTrainer
+def _read_resume(run_dir: str, overrides: dict, dist):
+    """(checkpoint, config) of a resume, checked before anything starts."""
+    from .ppo import PPOTrainer
+
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not dist.broadcast_object(os.path.exists(path)):  # rank 0's file decides for all ranks
+        raise UsageError(f"--resume {run_dir}: no checkpoint at {path}")
+    try:
+        ckpt = PPOTrainer.read_checkpoint(path)
+    except ValueError as err:  # another world size (the same on every rank)
+        raise UsageError(str(err)) from None
+    except _CHECKPOINT_ERRORS as err:
+        raise UsageError(f"--resume {run_dir}: cannot read {path}: {err}") from None
+    saved = ckpt["config"]
+    for name in _RESUME_FIXED:
+        if name in overrides and overrides[name] != saved[name]:
+            raise UsageError(f"--resume {run_dir}: {_flag(name)} ({overrides[name]}) differs from the run's {name} "
+                             f"= {saved[name]}; a resumed run keeps its model and env shapes (start a new run)")
+    cfg = _config({**saved, **overrides}, overrides, path)
+    _resolve(cfg.device)
+    return ckpt, cfg
+
+
+def _pick_run_dir(args, cfg: Config) -> str:
+    """The run directory: a resume's own (appended to), a new one without --out, else --out if it holds no run
+    (or --overwrite cleared it)."""
+    from .rundir import clear_run, new_run_dir, run_files
+
+    if args.resume and os.path.abspath(cfg.out) == os.path.abspath(args.resume):
+        return args.resume
+    if not cfg.out:
+        return new_run_dir(f"{cfg.env}-{cfg.horizon}-{cfg.controller}")
+    found = run_files(cfg.out)
+    if found and not args.overwrite:
+        raise UsageError(f"--out {cfg.out} already holds a run ({', '.join(found)}); continue it with --resume "
+                         f"{cfg.out}, replace it with --overwrite, or leave out --out for a new directory")
+    clear_run(cfg.out)
+    return cfg.out
+
+
+def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
+    from .ppo import PPOTrainer
     from .ppo.logger import RunLogger
-    from .plot import plot_run
+    from .progress import Progress
 
     main_rank = dist.is_main()
     say = print if main_rank else (lambda *a, **k: None)
-    overrides = {n: getattr(args, n) for n in _TRAIN_FLAGS if getattr(args, n) is not None}
-    if args.no_memory:
-        overrides["memory"] = False
-    if args.no_cuda_graph:
-        overrides["cuda_graph"] = False
-    if args.no_progress:
-        overrides["progress"] = False
+    ckpt_state = None
     if args.resume:
-        path = os.path.join(args.resume, "checkpoint.pt")
-        if not dist.broadcast_object(os.path.exists(path)):  # rank 0's file decides for all ranks
-            say(f"memrl: no checkpoint at {path}", file=sys.stderr)
-            return 2
-        overrides.setdefault("out", args.resume)
+        ckpt_state, cfg = _read_resume(args.resume, overrides, dist)
+    answer = None
+    if main_rank:  # rank 0's filesystem decides (and only rank 0 writes)
         try:
-            trainer = PPOTrainer.from_checkpoint(path, run_dir=overrides["out"], **overrides)
-        except ValueError as err:  # e.g. another world size (the same on every rank)
-            if main_rank:
-                print(f"memrl: {err}", file=sys.stderr)
-            return 2
-        say(f"resumed {path} at update {trainer.update_idx}, {trainer.env_steps} env steps")
-    else:
-        trainer = PPOTrainer(Config(**overrides), run_dir=overrides.get("out", Config.out))
-    cfg = trainer.cfg
-    run_dir = trainer.run_dir
+            answer = _pick_run_dir(args, cfg)
+        except UsageError as err:
+            answer = err
+    answer = dist.broadcast_object(answer)
+    if isinstance(answer, UsageError):
+        raise answer
+    run_dir = answer
+    cfg = dataclasses.replace(cfg, out=run_dir)
+    trainer = PPOTrainer(cfg, run_dir=run_dir)
+    if ckpt_state is not None:
+        trainer.load_state_dict(ckpt_state)
+        say(f"resumed {args.resume} at update {trainer.update_idx}, {trainer.env_steps} env steps")
     ckpt = os.path.join(run_dir, "checkpoint.pt")
-    logger = None
+    logger = progress = None
     if main_rank:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump({**cfg.to_dict(), **({"world_size": trainer.world} if trainer.world > 1 else {})}, f, indent=1)
         logger = RunLogger(run_dir, cfg.tensorboard)
+        progress = Progress(trainer, bar=cfg.progress)
     ranks = f" x {trainer.world} ranks" if trainer.world > 1 else ""
     say(f"memrl train: {cfg.env}-{cfg.horizon}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
         f"{cfg.num_envs} envs{ranks}, rollouts of {trainer.rollout_len} steps, device {trainer.device}, "
         f"run dir {run_dir}")
-    bar = None
-    if cfg.progress and main_rank:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=trainer.env_steps, unit="step", unit_scale=True, dynamic_ncols=True)
-    code = 0
     steps0 = trainer.env_steps
     t_start = time.perf_counter()
     try:
+        code = _loop(trainer, logger, progress, ckpt, say)
+        wall = time.perf_counter() - t_start
+    finally:
+        if logger is not None:
+            logger.close()
+    if main_rank:
+        _report(trainer, ckpt, wall, trainer.env_steps - steps0)
+    return code
+
+
+def _loop(trainer, logger, progress, ckpt: str, say) -> int:
+    """Train until solved or out of steps; the exit code (0, 3 after a non-finite value, 130 after Ctrl-C)."""
+    from .ppo import NonFiniteError
+
+    cfg = trainer.cfg
+    try:
         while trainer.env_steps < cfg.total_steps and not trainer.solved:
+            before = trainer.train_horizon
             stats = trainer.train_step()
             if logger is not None:
                 logger.log("train", trainer.env_steps, stats)
-            if bar is not None:
-                bar.update(trainer.env_steps - bar.n)
-                post = {"ret": f"{stats['return']:.2f}", "succ": f"{stats['success']:.2f}",
-                        "gate": f"{stats['gate_mean']:.3f}", "kl": f"{stats['approx_kl']:.4f}",
-                        "sps": f"{stats['sps']:.0f}", "H": trainer.train_horizon}
-                if "eval_success" in stats:
-                    post["eval"] = f"{stats['eval_success']:.3f}"
-                bar.set_postfix(post)
+            if progress is not None:
+                progress.update(trainer, stats, before)
             if trainer.update_idx % cfg.checkpoint_interval == 0 or trainer.solved:
                 trainer.save(ckpt)
     except NonFiniteError as err:  # raised on every rank alike (the finite checks are collective)
-        say(f"\nmemrl: training stopped: {err}. The last good checkpoint is kept at {ckpt} "
-            f"(not overwritten).", file=sys.stderr)
-        code = 3
+        kept = (f"The last good checkpoint is kept at {ckpt} (not overwritten)" if os.path.exists(ckpt) else
+                "No checkpoint was written")
+        say(f"\nmemrl train: error: training stopped: {err}. {kept}.", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
-        say(f"\nmemrl: interrupted; the last checkpoint is {ckpt}", file=sys.stderr)
-        code = 130
+        say(f"\nmemrl train: interrupted; the last checkpoint is {ckpt}", file=sys.stderr)
+        return 130
     finally:
-        if bar is not None:
-            bar.close()
-        if logger is not None:
-            logger.close()
-    if code == 0:
-        trainer.save(ckpt)
-    wall = time.perf_counter() - t_start
-    if not main_rank:
-        return code
-    try:
-        png = plot_run(run_dir)
-    except Exception as err:  # plotting is a convenience: never lose a run over it
-        png = f"(no plot: {err})"
-    sps = (trainer.env_steps - steps0) / max(wall, 1e-9)
-    mem = ""
-    if trainer.device.type == "cuda":
-        import torch
-        mem = f", peak GPU memory {torch.cuda.max_memory_allocated(trainer.device) / 2**30:.1f} GiB"
-    print(f"done: {trainer.env_steps} env steps ({trainer.env_steps - steps0} in {wall:.1f} s this session, {sps:.0f} "
-          f"steps/s overall{mem}), {_eval_summary(trainer)}, solved={trainer.solved}; checkpoint {ckpt}; "
-          f"curves {png}")
-    return code
+        if progress is not None:
+            progress.close()
+    trainer.save(ckpt)
+    return 0
 
 
 def _eval_summary(trainer) -> str:
@@ -176,12 +267,34 @@ def _eval_summary(trainer) -> str:
     return f"not evaluated at horizon {cfg.horizon} ({stage}; last {text} at horizon {at})"
 
 
+def _report(trainer, ckpt: str, wall: float, steps: int) -> None:
+    from .plot import plot_run
+
+    try:
+        png = plot_run(trainer.run_dir)
+    except Exception as err:  # plotting is a convenience: never lose a finished run over it
+        png = f"(no plot: {type(err).__name__}: {err})"
+    mem = ""
+    if trainer.device.type == "cuda":
+        import torch
+        mem = f", peak GPU memory {torch.cuda.max_memory_allocated(trainer.device) / 2**30:.1f} GiB"
+    print(f"done: {trainer.env_steps} env steps ({steps} in {wall:.1f} s this session, {steps / max(wall, 1e-9):.0f} "
+          f"steps/s overall{mem}), {_eval_summary(trainer)}, solved={trainer.solved}; checkpoint "
+          f"{ckpt if os.path.exists(ckpt) else 'none'}; curves {png}")
+
+
 def _eval(args) -> int:
-    from .config import resolve_device
     from .ppo import evaluate_policy, load_policy
 
-    device = resolve_device(args.device)
-    model, cfg = load_policy(args.checkpoint, device)
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+    device = _resolve(args.device)
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"no checkpoint at {args.checkpoint}")
+    try:
+        model, cfg = load_policy(args.checkpoint, device)
+    except _CHECKPOINT_ERRORS as err:
+        raise UsageError(f"cannot read checkpoint {args.checkpoint}: {err}") from None
     res = evaluate_policy(model, dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise), args.episodes,
                           args.seed, device, greedy=not args.sample, env_name=cfg.env)
     res.update({"checkpoint": args.checkpoint, "seed": args.seed, "device": str(device), "env": cfg.env,
@@ -194,18 +307,23 @@ def _eval(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from .plot import plot_run
+
+    try:
+        print(plot_run(args.run_dir))
+    except (ValueError, OSError) as err:  # no or an empty metrics.jsonl
+        raise UsageError(str(err)) from None
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.cmd == "train":
-            return _train(args)
-        if args.cmd == "eval":
-            return _eval(args)
-        from .plot import plot_run
-        print(plot_run(args.run_dir))
-        return 0
-    except (ValueError, FileNotFoundError) as err:  # bad arguments or paths: one line, not a traceback
-        print(f"memrl {args.cmd}: error: {err}", file=sys.stderr)
+        return {"train": _train, "eval": _eval, "plot": _plot}[args.cmd](args)
+    except UsageError as err:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises it alike; rank 0 says it
+            print(f"memrl {args.cmd}: error: {err}", file=sys.stderr)
         return 2
 
 

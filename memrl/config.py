@@ -144,12 +144,12 @@ class Config:
     """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
     cuda_graph: bool = True
     """On CUDA, capture each rollout's acting loop as one CUDA graph and replay it (False = eager launches)."""
-    out: str = "runs/memrl"
-    """Run directory: checkpoint.pt, metrics.jsonl, curves.png, TensorBoard events."""
+    out: str = ""
+    """Run directory: checkpoint.pt, metrics.jsonl, config.json, curves.png, tb/ ('' = new runs/ENV-H-CONTROLLER-N)."""
     tensorboard: bool = True
     """Write TensorBoard events when tensorboard is installed."""
     progress: bool = True
-    """Show a tqdm progress bar."""
+    """On a terminal, show a tqdm counter of env steps with the curriculum stage and the latest evaluation."""
     debug_nan_at_update: int = 0
     """Testing aid: poison a parameter with NaN before this update (0 = never)."""
 

@@ -354,19 +354,23 @@ class PPOTrainer:
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
 
-    @classmethod
-    def from_checkpoint(cls, path: str, run_dir: str | None = None, **overrides) -> "PPOTrainer":
-        """Resume from `path`. Distributed: rank 0 reads the file and broadcasts it (no shared filesystem needed);
-        a checkpoint of another world size raises ValueError (check_world_size)."""
+    @staticmethod
+    def read_checkpoint(path: str) -> dict:
+        """The checkpoint at `path` for a resume. Distributed: rank 0 reads the file and broadcasts it (no shared
+        filesystem needed); a checkpoint of another world size raises ValueError (check_world_size)."""
         if dist.world_size() == 1:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         else:
             ckpt = dist.broadcast_object(torch.load(path, map_location="cpu", weights_only=False)
                                          if dist.is_main() else None)
         check_world_size(ckpt, dist.world_size(), path)
-        cfg_dict = dict(ckpt["config"])
-        cfg_dict.update(overrides)
-        trainer = cls(Config(**cfg_dict), run_dir=run_dir)
+        return ckpt
+
+    @classmethod
+    def from_checkpoint(cls, path: str, run_dir: str | None = None, **overrides) -> "PPOTrainer":
+        """Resume from `path` (read_checkpoint), its config updated with `overrides`."""
+        ckpt = cls.read_checkpoint(path)
+        trainer = cls(Config(**{**ckpt["config"], **overrides}), run_dir=run_dir)
         trainer.load_state_dict(ckpt)
         return trainer
 

@@ -4,8 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from memrl.cli import main
-from memrl.ppo import evaluate_policy, load_policy
+from memrl.ppo import PPOTrainer, evaluate_policy, load_policy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,10 +49,73 @@ def test_resume_flag_continues(tmp_path):
 
 
 def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
-    from memrl.cli import main
     assert main(["eval", str(tmp_path / "missing.pt")]) == 2
-    assert "memrl eval: error:" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"memrl eval: error: no checkpoint at {tmp_path / 'missing.pt'}\n"
     assert main(["train", "--horizon", "1", "--out", str(tmp_path / "run")]) == 2
-    assert "horizon must be >= 2" in capsys.readouterr().err
+    assert capsys.readouterr().err == "memrl train: error: --horizon must be >= 2, got 1\n"
     assert main(["plot", str(tmp_path / "nothing")]) == 2
-    assert "metrics.jsonl" in capsys.readouterr().err
+    missing = tmp_path / "nothing" / "metrics.jsonl"
+    assert capsys.readouterr().err == f"memrl plot: error: [Errno 2] No such file or directory: '{missing}'\n"
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num-envs", "0"], "--num-envs must be >= 1, got 0"),
+    (["--num-envs", "12"], "--num-envs must be a multiple of num_minibatches (8), got 12"),
+    (["--total-steps", "0"], "--total-steps must be >= 1, got 0"),
+    (["--env", "Maze"], "--env must be one of DelayedCue, TMaze, RepeatFirst, got 'Maze'"),
+    (["--controller", "rnn"], "--controller must be one of mamba2, gru, lstm, got 'rnn'"),
+    (["--device", "gpu"], "--device must be one of auto, cpu, cuda, mps or cuda:N, got 'gpu'"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--env", "TMaze", "--num-cues", "3"], "--num-cues must be 2 for TMaze (it has 2 arms), got 3"),
+    (["--total-steps", "2e7"], "argument --total-steps: invalid int value: '2e7' (see memrl train --help)"),
+])
+def test_bad_train_flag_is_one_line(tmp_path, capsys, flags, message):
+    code = 2
+    try:
+        code = main(["train", "--out", str(tmp_path / "run"), *flags])
+    except SystemExit as stop:  # argparse's own type check
+        code = stop.code
+    assert code == 2
+    assert capsys.readouterr().err == f"memrl train: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_resume_and_eval_arguments_are_one_line(tiny_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err == f"memrl train: error: --resume {run}: no checkpoint at {run / 'checkpoint.pt'}\n"
+    assert tiny_train("--out", run, "--total-steps", 1, "--no-progress") == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--num-envs", "32"]) == 2
+    assert capsys.readouterr().err == (f"memrl train: error: --resume {run}: --num-envs (32) differs from the run's "
+                                       f"num_envs = 16; a resumed run keeps its model and env shapes (start a new "
+                                       f"run)\n")
+    assert main(["eval", str(run / "checkpoint.pt"), "--episodes", "0"]) == 2
+    assert capsys.readouterr().err == "memrl eval: error: --episodes must be >= 1, got 0\n"
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    assert main(["eval", str(tmp_path / "junk.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"memrl eval: error: cannot read checkpoint {tmp_path / 'junk.pt'}: ")
+    assert err.count("\n") == 1
+
+
+def test_value_error_inside_training_keeps_its_traceback(tiny_train, tmp_path, monkeypatch):
+    """Only argument errors become one line; a ValueError from inside a training step is a bug and propagates."""
+    def broken(self):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(PPOTrainer, "train_step", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        tiny_train("--out", tmp_path / "run", "--no-progress")
+
+
+def test_help_of_eval_and_plot_has_descriptions_and_defaults(capsys):
+    for cmd, expected in (("eval", ["fresh episodes to run (>= 1) (default: 1000)", "(default: 0)",
+                                    "(default: auto)", "a checkpoint.pt written by memrl train"]),
+                          ("plot", ["a run directory of memrl train (with its metrics.jsonl)"])):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for part in expected:
+            assert part in text, (cmd, part)
+
