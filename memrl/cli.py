@@ -216,6 +216,9 @@ def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
     try:
         code = _loop(trainer, logger, progress, ckpt, say)
         wall = time.perf_counter() - t_start
+        if logger is not None:  # the session's training time: the done line below and the plot's title
+            logger.log("session", trainer.env_steps, {"wall": wall, "session_steps": trainer.env_steps - steps0,
+                                                      "code": code})
     finally:
         if logger is not None:
             logger.close()
@@ -268,10 +271,12 @@ def _eval_summary(trainer) -> str:
 
 
 def _report(trainer, ckpt: str, wall: float, steps: int) -> None:
-    from .plot import plot_run
+    from .plot import NothingToPlot, plot_run
 
     try:
         png = plot_run(trainer.run_dir)
+    except NothingToPlot as err:
+        png = f"none ({err})"
     except Exception as err:  # plotting is a convenience: never lose a finished run over it
         png = f"(no plot: {type(err).__name__}: {err})"
     mem = ""
@@ -308,11 +313,11 @@ def _eval(args) -> int:
 
 
 def _plot(args) -> int:
-    from .plot import plot_run
+    from .plot import NothingToPlot, plot_run
 
     try:
         print(plot_run(args.run_dir))
-    except (ValueError, OSError) as err:  # no or an empty metrics.jsonl
+    except (NothingToPlot, OSError) as err:
         raise UsageError(str(err)) from None
     return 0
 

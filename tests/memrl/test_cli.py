@@ -55,7 +55,7 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
     assert capsys.readouterr().err == "memrl train: error: --horizon must be >= 2, got 1\n"
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     missing = tmp_path / "nothing" / "metrics.jsonl"
-    assert capsys.readouterr().err == f"memrl plot: error: [Errno 2] No such file or directory: '{missing}'\n"
+    assert capsys.readouterr().err == f"memrl plot: error: nothing logged: no {missing}\n"
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
@@ -119,3 +119,12 @@ def test_help_of_eval_and_plot_has_descriptions_and_defaults(capsys):
         for part in expected:
             assert part in text, (cmd, part)
 
+
+def test_nothing_logged_is_said_plainly(tiny_train, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert tiny_train("--out", run, "--debug-nan-at-update", 1, "--no-progress") == 3
+    out, err = capsys.readouterr()
+    assert err.endswith("No checkpoint was written.\n") and "memrl train: error: training stopped: non-finite" in err
+    done = out.splitlines()[-1]
+    assert done.endswith(f"; checkpoint none; curves none ({run}/metrics.jsonl has no training rows to plot)")
+    assert "Errno" not in out

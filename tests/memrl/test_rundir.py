@@ -70,7 +70,7 @@ def test_overwrite_deletes_only_memrl_files(tiny_train, tmp_path):
     (run / "tb" / "keep.txt").write_text("mine too")
     assert tiny_train("--out", run, "--total-steps", 1, "--no-progress", "--overwrite") == 0
     assert _updates(run) == [1]  # the old rows are gone, not appended to
-    assert [r["kind"] for r in _rows(run)] == ["train"]
+    assert [r["kind"] for r in _rows(run)] == ["train", "session"]
     assert (run / "notes.txt").read_text() == "mine" and (run / "tb" / "keep.txt").read_text() == "mine too"
     assert not (run / "tb" / "events.out.tfevents.1.host.1.0").exists()
 
