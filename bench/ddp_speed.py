@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--horizon", type=int, default=200)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
-    dist.init()
+    dist.init(args.device)
     cfg = Config(num_envs=args.envs, horizon=args.horizon, curriculum_start=0, device=args.device, progress=False,
                  tensorboard=False, eval_interval=10**9, eval_trigger=2.0)
     trainer = PPOTrainer(cfg)

@@ -123,6 +123,7 @@ def plan(args, help_text: str) -> list[Run]:
                        "--total-steps", str(args.budget_steps), "--target-success", str(args.target_success)]
                 if args.env != "DelayedCue":
                     cmd += ["--env", args.env]
+                cmd.append("--overwrite")  # a re-run replaces that run (--skip-existing keeps it instead)
                 if not memory:
                     cmd.append("--no-memory")
                 if "--no-progress" in help_text:
