@@ -17,7 +17,9 @@ Writes $OUT/gpu_layer.json (or ./gpu_layer.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -28,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_compat import Mamba2  # noqa: E402
+from mamba_compat.modules import mamba2 as ours_mod, rmsnorm_gated as ours_norm  # noqa: E402
 
 try:
     from mamba_ssm.modules.mamba2 import Mamba2 as UpMamba2
@@ -66,7 +69,39 @@ def timed(fn, reps=20, warm=3):
     return statistics.median(times)
 
 
-def layers(d_model):
+@contextlib.contextmanager
+def torch_conv_norm():
+    """Our layer with the PyTorch conv and norm (the references) instead of their Triton kernels: the layer as it
+    was before those kernels, for a before/after in the same run."""
+    saved = (ours_mod.causal_conv1d, ours_mod.causal_conv1d_update, ours_norm.rmsnorm_gated)
+    ours_mod.causal_conv1d = functools.partial(saved[0], backend="reference")
+    ours_mod.causal_conv1d_update = functools.partial(saved[1], backend="reference")
+    ours_norm.rmsnorm_gated = functools.partial(saved[2], backend="reference")
+    try:
+        yield
+    finally:
+        ours_mod.causal_conv1d, ours_mod.causal_conv1d_update, ours_norm.rmsnorm_gated = saved
+
+
+class Variant:
+    """A module and the context it runs in."""
+
+    def __init__(self, module, context=contextlib.nullcontext):
+        self.module, self.context = module, context
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def __call__(self, *a):
+        with self.context():
+            return self.module(*a)
+
+    def step(self, *a):
+        with self.context():
+            return self.module.step(*a)
+
+
+def layers(d_model, torch_variant=True):
     """{name: module} with one set of weights: upstream's fastest first, then its unfused path, then ours."""
     torch.manual_seed(0)
     out = {}
@@ -80,7 +115,10 @@ def layers(d_model):
     ours = Mamba2(d_model, layer_idx=0, device=DEV, dtype=DT, **CFG)
     if out:
         ours.load_state_dict(next(iter(out.values())).state_dict(), strict=True)
-    out["ours"] = ours
+    out = {k: Variant(v) for k, v in out.items()}
+    out["ours"] = Variant(ours)
+    if torch_variant:
+        out["ours, torch conv+norm"] = Variant(ours, torch_conv_norm)
     return out
 
 
@@ -133,6 +171,7 @@ def run_shape(d_model, b, L, reps):
 def decode_row(d_model, batch, reps=200):
     mods = layers(d_model)
     row = {"d_model": d_model, "batch": batch}
+    torch.cuda.synchronize()
     tok = torch.randn(batch, 1, d_model, device=DEV, dtype=DT)
     outs = {}
     for name, m in mods.items():

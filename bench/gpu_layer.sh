@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on the GPU machine for the Mamba2 layer work: compiled tests with their errors recorded, then the
+# conv/norm and whole-layer benchmarks against upstream (causal-conv1d built meanwhile, see gpu_setup_anchor.sh).
+#   bash bench/gpu_layer.sh [tests] [bench]      (both by default; files land in $OUT)
+set -o pipefail
+stages="${*:-tests bench}"
+OUT="${OUT:-.}"
+source bench/gpu_setup_anchor.sh bg
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+if [[ $stages == *tests* ]]; then
+  MAMBA_COMPAT_RECORD_ERRORS=$OUT/errors.jsonl timeout "${TEST_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider \
+    tests/test_triton.py tests/test_conv1d.py tests/test_rmsnorm.py tests/test_contract_dtypes.py tests/test_mamba2.py \
+    tests/test_state_update.py tests/memrl/test_distributed.py tests/memrl/test_rollout.py 2>&1 | tee "$OUT/tests.log" | tail -25
+  python3 bench/tolerances.py "$OUT/errors.jsonl" > "$OUT/tolerances.txt" && head -25 "$OUT/tolerances.txt"
+fi
+[ -n "$CC_BUILD_PID" ] && { wait "$CC_BUILD_PID"; tail -2 /tmp/cc_build.log; }
+[ -d .anchor/site/causal_conv1d ] && [ ! -f "$OUT/cc_site.tar.xz" ] && (cd .anchor/site && tar cJf "$OUT/cc_site.tar.xz" .)
+if [[ $stages == *bench* ]]; then
+  timeout "${CONV_TIMEOUT:-120}" python3 bench/gpu_conv_norm.py 2>&1 | tee "$OUT/conv_norm.txt" | tail -20
+  timeout "${LAYER_TIMEOUT:-300}" python3 bench/gpu_layer.py ${LAYER_ARGS:-} 2>&1 | tee "$OUT/layer.txt" | tail -25
+fi
