@@ -8,16 +8,15 @@ fp32 (fp64 for fp64 inputs); y is (B, L, C) contiguous in x.dtype.
 Forward (`_conv_fwd_kernel`): one program per (BT time steps, BC channels, batch row). The W taps are W
 loads of the (BT, BC) tile shifted back by 0..W-1 rows: the W-1 halo rows are the previous block's and come
 from L1/L2, so DRAM sees x about once.
-Backward (`_conv_bwd_kernel`): one program per (chunk of RP input rows, BC channels, batch row), walking
-the chunk in tiles of BT rows t'. With g = dy * silu'(a) (a = the recomputed pre-activation; g = dy
-without SiLU), for the W output rows t' + j that input row t' feeds (kept as one (BW, BT, BC) tile, BW =
-W rounded up to a power of two):
+Backward (`_conv_bwd_kernel`): one program per (NT tiles of BT input rows t', BC channels, batch row), the
+tiles unrolled. With g = dy * silu'(a) (a = the recomputed pre-activation; g = dy without SiLU), for each
+of the W output rows t' + j that input row t' feeds (a (BT, BC) tile shifted by j):
     dx[t']                 = sum_j w[W-1-j] g[t'+j] [seg[t'+j] == seg[t']]
     dweight[:, W-1-j]     += sum_t' g[t'+j] x[t'] [...]          (per-program partial sums, fp32)
     dbias                 += sum_t' g[t']
-The recompute of a at the W shifted row sets takes 2W-1 shifted x tiles, each used for every shift it
-feeds. With an initial window the rows t' start at -(W-1): those rows are the window's columns W+t' and
-their dx is d(conv_state). The partial sums (B * chunks, W, C) are summed in PyTorch.
+The recompute of a at the shifted rows takes W shifted x tiles each (W^2 tile loads, from L1/L2). With an
+initial window the rows t' start at -(W-1): those rows are the window's columns W+t' and their dx is
+d(conv_state). The partial sums (B * programs along time, W, C) are summed in PyTorch.
 Decode (`_conv_update_kernel`): one program per (BC channels, batch row): shift the window in place
 (any strides), out = conv + bias (+ SiLU). One launch, no autograd (like upstream's causal_conv1d_update).
 
@@ -36,28 +35,6 @@ from torch import Tensor
 from ..ssd.triton_common import interpreting
 
 __all__ = ["conv1d_fwd", "conv1d_bwd", "conv1d_update", "causal_conv1d", "causal_conv1d_update"]
-
-
-def _single_config() -> bool:
-    return interpreting() or os.environ.get("MAMBA_COMPAT_TRITON_AUTOTUNE", "1") == "0"
-
-
-def _fwd_configs():
-    if _single_config():
-        if interpreting():
-            return [triton.Config({"BT": 16, "BC": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BT": 32, "BC": 256}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BT": bt, "BC": bc}, num_warps=w, num_stages=1)
-            for bt, bc, w in ((32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 8), (16, 256, 4))]
-
-
-def _bwd_configs():
-    if _single_config():
-        if interpreting():
-            return [triton.Config({"BT": 16, "BC": 32}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BT": 16, "BC": 128}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BT": bt, "BC": bc}, num_warps=w, num_stages=1)
-            for bt, bc, w in ((16, 128, 4), (16, 256, 8), (32, 128, 8), (8, 256, 4))]
 
 
 @triton.jit
@@ -87,7 +64,6 @@ def _load_seg(seg_base, s, L, sgl):
     return tl.load(seg_base + s.to(tl.int64) * sgl, mask=(s >= 0) & (s < L), other=0)
 
 
-@triton.autotune(configs=_fwd_configs(), key=["C", "W", "HAS_STATE", "HAS_SEG", "SILU"])
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, st_ptr, seg_ptr, y_ptr,
@@ -124,70 +100,65 @@ def _conv_fwd_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
 
 
-@triton.autotune(configs=_bwd_configs(), key=["C", "W", "HAS_STATE", "HAS_SEG", "SILU", "RP"])
 @triton.jit
 def _conv_bwd_kernel(
     x_ptr, w_ptr, b_ptr, st_ptr, seg_ptr, dy_ptr, dx_ptr, dst_ptr, dw_ptr, db_ptr,
-    L, C, RP, NPT,
+    L, C, NPT,
     sxb, sxl, sxc, swc, sww, ssb, ssc, ssw, sgb, sgl, sdb, sdl, sdc,
     W: tl.constexpr, BW: tl.constexpr, OFF: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
     HAS_SEG: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    NT: tl.constexpr,
 ):
-    # OFF: W - 1 with a window (rows t' start at -(W-1): the window's columns), else 0
+    # OFF: W - 1 with a window (rows t' start at -(W-1): the window's columns), else 0. NT tiles of BT rows per
+    # program, unrolled.
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     c = pid_c * BC + tl.arange(0, BC)
     cmask = c < C
-    jj = tl.arange(0, BW)  # output row t' + j of input row t'
-    jmask = jj < W
+    wrow = tl.arange(0, BW)  # dweight's taps
     x_base = x_ptr + b * sxb
     st_base = st_ptr + b * ssb
     seg_base = seg_ptr + b * sgb
     dy_base = dy_ptr + b * sdb
-    # weights as (BW, BC): row j holds w[:, W-1-j], the tap through which input t' reaches output t' + j
-    wdx = tl.load(w_ptr + c[None, :] * swc + (W - 1 - jj)[:, None] * sww, mask=jmask[:, None] & cmask[None, :],
-                  other=0.0).to(ACC)
     bias = tl.zeros((BC,), dtype=ACC)
     if HAS_BIAS and SILU:
         bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)
     dw_acc = tl.zeros((BW, BC), dtype=ACC)
     db_acc = tl.zeros((BC,), dtype=ACC)
-    for r in range(0, RP, BT):
-        tp = pid_t * RP + r - OFF + tl.arange(0, BT)  # input rows t' of this tile
-        to = tp[None, :] + jj[:, None]  # (BW, BT) output rows
-        omask = (to >= 0) & (to < L) & jmask[:, None]
-        o3 = omask[:, :, None] & cmask[None, None, :]
-        g = tl.load(dy_base + to.to(tl.int64)[:, :, None] * sdl + c[None, None, :] * sdc, mask=o3,
-                    other=0.0).to(ACC)  # (BW, BT, BC)
+    for k in tl.static_range(NT):
+        tp = (pid_t * NT + k) * BT - OFF + tl.arange(0, BT)  # input rows t' of this tile
         x0 = _load_in(x_base, st_base, tp, c, cmask, L, sxl, sxc, ssc, ssw, W, HAS_STATE, ACC)  # (BT, BC)
         if HAS_SEG:
-            seg_in = _load_seg(seg_base, tp, L, sgl)  # (BT,)
-            seg_out = _load_seg(seg_base, to, L, sgl)  # (BW, BT)
-        if SILU:  # pre-activation a at rows t' + j, from the 2W-1 shifted input tiles
-            a = tl.zeros((BW, BT, BC), dtype=ACC) + bias[None, None, :]
-            for k in tl.static_range(2 * W - 1):
-                sh = k - (W - 1)  # input rows t' + sh, tap i = sh + W-1-j of output row t' + j
-                if sh == 0:
-                    xs = x0
-                else:
-                    xs = _load_in(x_base, st_base, tp + sh, c, cmask, L, sxl, sxc, ssc, ssw, W, HAS_STATE, ACC)
-                tap = sh + W - 1 - jj  # (BW,)
-                tmk = (tap >= 0) & (tap < W) & jmask
-                wsel = tl.load(w_ptr + c[None, :] * swc + tap[:, None] * sww, mask=tmk[:, None] & cmask[None, :],
-                               other=0.0).to(ACC)  # (BW, BC)
-                contrib = wsel[:, None, :] * xs[None, :, :]
-                if HAS_SEG:
-                    seg_s = _load_seg(seg_base, tp + sh, L, sgl)  # (BT,)
-                    contrib = tl.where((seg_s[None, :] == seg_out)[:, :, None], contrib, 0.0)
-                a += contrib
-            sg = _sig(a)
-            g = g * sg * (1.0 + a * (1.0 - sg))
-        db_acc += tl.sum(tl.sum(tl.where((jj == 0)[:, None, None], g, 0.0), axis=0), axis=0)
-        if HAS_SEG:
-            g = tl.where((seg_out == seg_in[None, :])[:, :, None], g, 0.0)
-        dw_acc += tl.sum(g * x0[None, :, :], axis=1)
-        dx = tl.sum(g * wdx[:, None, :], axis=0)  # (BT, BC)
+            seg_in = _load_seg(seg_base, tp, L, sgl)
+        dx = tl.zeros((BT, BC), dtype=ACC)
+        for j in tl.static_range(W):  # output rows t' + j, reached through tap W-1-j
+            to = tp + j
+            om = (to >= 0) & (to < L)
+            g = tl.load(dy_base + to.to(tl.int64)[:, None] * sdl + c[None, :] * sdc,
+                        mask=om[:, None] & cmask[None, :], other=0.0).to(ACC)
+            if HAS_SEG:
+                seg_o = _load_seg(seg_base, to, L, sgl)
+            if SILU:  # the pre-activation at rows t' + j, recomputed from W shifted input tiles
+                a = tl.zeros((BT, BC), dtype=ACC) + bias[None, :]
+                for i in tl.static_range(W):
+                    sh = j - (W - 1) + i  # tap i of output row t' + j reads input row t' + sh
+                    if sh == 0:
+                        xs = x0
+                    else:
+                        xs = _load_in(x_base, st_base, tp + sh, c, cmask, L, sxl, sxc, ssc, ssw, W, HAS_STATE, ACC)
+                    if HAS_SEG and i < W - 1:
+                        xs = tl.where((_load_seg(seg_base, tp + sh, L, sgl) == seg_o)[:, None], xs, 0.0)
+                    a += xs * tl.load(w_ptr + c * swc + i * sww, mask=cmask, other=0.0).to(ACC)[None, :]
+                sg = _sig(a)
+                g = g * sg * (1.0 + a * (1.0 - sg))
+            if j == 0:
+                db_acc += tl.sum(g, axis=0)
+            if HAS_SEG and j > 0:
+                g = tl.where((seg_o == seg_in)[:, None], g, 0.0)
+            wj = tl.load(w_ptr + c * swc + (W - 1 - j) * sww, mask=cmask, other=0.0).to(ACC)
+            dx += g * wj[None, :]
+            dw_acc += tl.where((wrow == W - 1 - j)[:, None], tl.sum(g * x0, axis=0)[None, :], 0.0)
         rm = (tp >= 0) & (tp < L)
         tl.store(dx_ptr + b * L * C + tp.to(tl.int64)[:, None] * C + c[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=rm[:, None] & cmask[None, :])
@@ -195,8 +166,7 @@ def _conv_bwd_kernel(
             sm = (tp < 0) & (tp > -W)
             tl.store(dst_ptr + b * C * W + c[None, :] * W + (tp + W)[:, None], dx, mask=sm[:, None] & cmask[None, :])
     part = b * NPT + pid_t
-    tl.store(dw_ptr + part * W * C + (W - 1 - jj)[:, None] * C + c[None, :], dw_acc,
-             mask=jmask[:, None] & cmask[None, :])
+    tl.store(dw_ptr + part * W * C + wrow[:, None] * C + c[None, :], dw_acc, mask=(wrow < W)[:, None] & cmask[None, :])
     if HAS_BIAS:
         tl.store(db_ptr + part * C + c, db_acc, mask=cmask)
 
@@ -231,6 +201,20 @@ def _conv_update_kernel(
 
 _alloc = torch.empty  # what the launchers allocate outputs with (tests swap in a NaN fill: unwritten elements fail)
 
+def _cfg(kind: str, default: tuple) -> tuple:
+    """(BT, BC, num_warps) of the forward / backward kernel: MAMBA_COMPAT_CONV_FWD / _BWD="BT,BC,WARPS" (read at
+    call time, for tuning) or the default. Under the interpreter small tiles (it runs each program in numpy)."""
+    forced = os.environ.get(f"MAMBA_COMPAT_CONV_{kind}")
+    if forced:
+        bt, bc, warps = (int(v) for v in forced.split(","))
+        return bt, bc, warps
+    return (16, 32, 4) if interpreting() else default
+
+
+FWD_CFG = (16, 256, 4)  # the best of 40 configs on an H200 (b8 L2048 C2304 bf16: 67 us, 2.25 TB/s)
+BWD_CFG = (16, 128, 4)  # not measured on a GPU yet (MAMBA_COMPAT_CONV_BWD to tune)
+
+
 def _acc(dtype) -> tl.dtype:
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -242,19 +226,24 @@ def _state_args(x, conv_state, seg):
     return st, ss, (x if seg is None else seg), sg
 
 
-def _bwd_rows_per_program(b: int, rows: int, c: int, device) -> int:
-    """RP, the input rows one backward program walks (a multiple of 64; 32 under the interpreter): enough
-    programs to fill the GPU (about 8 per SM with 128-channel blocks), as few dweight partials as that allows."""
-    if interpreting():
-        return 32
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    chunks = max(1, (8 * sms) // max(1, b * triton.cdiv(c, 128)))
-    rp = triton.cdiv(triton.cdiv(rows, chunks), 64) * 64
-    return max(64, min(rp, 4096))
+def _bwd_tiles_per_program(b: int, rows: int, c: int, bt: int, bc: int, device) -> int:
+    """NT, the BT-row tiles one backward program walks (unrolled): the most of 8, 4, 2 that still leaves 16
+    programs per SM (fewer dweight partials to sum), else 1; 2 under the interpreter; MAMBA_COMPAT_CONV_BWD_NT
+    forces it."""
+    if os.environ.get("MAMBA_COMPAT_CONV_BWD_NT"):  # read at call time, for tuning
+        return int(os.environ["MAMBA_COMPAT_CONV_BWD_NT"])
+    if interpreting() or device.type != "cuda":
+        return 2
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    per_tile_row = b * triton.cdiv(c, bc)
+    for nt in (8, 4, 2):
+        if triton.cdiv(triton.cdiv(rows, bt), nt) * per_tile_row >= 16 * sms:
+            return nt
+    return 1
 
 
 def conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor],
-               seg: Optional[Tensor], silu: bool) -> Tensor:
+               seg: Optional[Tensor], silu: bool, cfg: Optional[tuple] = None) -> Tensor:
     """x (B, L, C) any strides, weight (C, W), bias (C,) or None, conv_state (B, C, W) or None, seg (B, L) or None
     -> y (B, L, C) contiguous in x.dtype (SiLU applied when silu)."""
     b, L, c = x.shape
@@ -263,26 +252,27 @@ def conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Op
     if y.numel() == 0:
         return y
     st, ss, sgt, sg = _state_args(x, conv_state, seg)
-    grid = lambda meta: (triton.cdiv(L, meta["BT"]), triton.cdiv(c, meta["BC"]), b)  # noqa: E731
-    _conv_fwd_kernel[grid](
+    bt, bc, warps = cfg or _cfg("FWD", FWD_CFG)
+    _conv_fwd_kernel[(triton.cdiv(L, bt), triton.cdiv(c, bc), b)](
         x, weight, x if bias is None else bias, st, sgt, y, L, c,
         *x.stride(), *weight.stride(), *ss, *sg, y.stride(0), y.stride(1),
         W=w, HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, HAS_SEG=seg is not None, SILU=bool(silu),
-        ACC=_acc(x.dtype),
+        ACC=_acc(x.dtype), BT=bt, BC=bc, num_warps=warps,
     )
     return y
 
 
 def conv1d_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor],
-               seg: Optional[Tensor], silu: bool):
+               seg: Optional[Tensor], silu: bool, cfg: Optional[tuple] = None):
     """-> (dx (B, L, C) in x.dtype, dweight (C, W) in weight.dtype, dbias (C,) or None, d conv_state (B, C, W) in
     conv_state.dtype (column 0 zero) or None)."""
     b, L, c = x.shape
     w = weight.shape[1]
     dev = x.device
     off = w - 1 if conv_state is not None else 0
-    rp = _bwd_rows_per_program(b, L + off, c, dev)
-    npt = triton.cdiv(L + off, rp)
+    bt, bc, warps = cfg or _cfg("BWD", BWD_CFG)
+    nt = _bwd_tiles_per_program(b, L + off, c, bt, bc, dev)
+    npt = triton.cdiv(L + off, nt * bt)
     acc_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     dx = _alloc((b, L, c), dtype=x.dtype, device=dev)
     dw_part = _alloc((b * npt, w, c), dtype=acc_dt, device=dev)
@@ -294,13 +284,12 @@ def conv1d_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], co
             db_part.zero_()
     else:
         st, ss, sgt, sg = _state_args(x, conv_state, seg)
-        grid = lambda meta: (npt, triton.cdiv(c, meta["BC"]), b)  # noqa: E731
-        _conv_bwd_kernel[grid](
+        _conv_bwd_kernel[(npt, triton.cdiv(c, bc), b)](
             x, weight, x if bias is None else bias, st, sgt, dy, dx, dw_part if dst is None else dst, dw_part,
-            dw_part if db_part is None else db_part, L, c, rp, npt,
+            dw_part if db_part is None else db_part, L, c, npt,
             *x.stride(), *weight.stride(), *ss, *sg, *dy.stride(),
             W=w, BW=triton.next_power_of_2(w), OFF=off, HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None,
-            HAS_SEG=seg is not None, SILU=bool(silu), ACC=_acc(x.dtype),
+            HAS_SEG=seg is not None, SILU=bool(silu), ACC=_acc(x.dtype), BT=bt, BC=bc, NT=nt, num_warps=warps,
         )
     dweight = dw_part.sum(0).t().to(weight.dtype)
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else None

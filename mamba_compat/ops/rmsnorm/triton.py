@@ -11,8 +11,8 @@ Backward: rstd is recomputed from x (no saved statistics). With u = x * silu(z) 
 u = x, uhat = u * rstd, g = dy * silu(z) (gate after the norm) or dy:
     dweight += sum_rows g * uhat;   du = rstd * (g*w - uhat * mean(g*w*uhat))
     dx = du * silu(z) | du;   dz = du * x * silu'(z) (gate before) | dy * uhat * w * silu'(z) (gate after)
-One program per (row program, group) walks row tiles with a grid stride and keeps its dweight partial in
-registers; the (programs, D) fp32 partials are summed in PyTorch. Two passes per tile past the cap.
+One program per (R row tiles, group), the tiles unrolled, keeps its dweight partial in registers; the
+(programs, D) fp32 partials are summed in PyTorch. Two passes per tile past the cap.
 
 Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests).
 """
@@ -117,18 +117,17 @@ def _bwd_chunk(x, u, gate, dgate, w, dy, rstd, cc, HAS_Z: tl.constexpr, NBG: tl.
 def _rmsnorm_bwd_kernel(
     x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, N, D, sxm, szm, sdm, eps,
     HAS_Z: tl.constexpr, NBG: tl.constexpr, ONE_PASS: tl.constexpr, ACC: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
 ):
+    # R row tiles of BM rows per program, unrolled
     pid = tl.program_id(0)
     col0 = tl.program_id(1) * N
-    nprog = tl.num_programs(0)
-    ntiles = tl.cdiv(M, BM)
     if ONE_PASS:
         cols = col0 + tl.arange(0, BN)
         cmask = tl.arange(0, BN) < N
         dw_acc = tl.zeros((BM, BN), dtype=ACC)
-        for tile in range(pid, ntiles, nprog):
-            rows = (tile * BM + tl.arange(0, BM)).to(tl.int64)
+        for k in tl.static_range(R):
+            rows = ((pid * R + k) * BM + tl.arange(0, BM)).to(tl.int64)
             rmask = rows < M
             x, u, gate, dgate, w, m2 = _load_chunk(x_ptr, z_ptr, w_ptr, rows, rmask, cols, cmask, sxm, szm, HAS_Z,
                                                    NBG, ACC)
@@ -145,8 +144,8 @@ def _rmsnorm_bwd_kernel(
                 tl.store(dz_ptr + rows[:, None] * D + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
         tl.store(dw_ptr + pid.to(tl.int64) * D + cols, tl.sum(dw_acc, axis=0), mask=cmask)
     else:  # dw_ptr's rows were zeroed: this program adds its tiles' sums to its own row
-        for tile in range(pid, ntiles, nprog):
-            rows = (tile * BM + tl.arange(0, BM)).to(tl.int64)
+        for k in tl.static_range(R):
+            rows = ((pid * R + k) * BM + tl.arange(0, BM)).to(tl.int64)
             rmask = rows < M
             ss = tl.zeros((BM,), dtype=ACC)
             s2 = tl.zeros((BM,), dtype=ACC)
@@ -181,16 +180,38 @@ def _rmsnorm_bwd_kernel(
 
 _alloc = torch.empty  # what the launchers allocate outputs with (tests swap in a NaN fill: unwritten elements fail)
 
-def _blocks(n: int, elems: int):
+def _blocks(n: int, kind: str, cfg: Optional[tuple] = None):
     """(one_pass, BN, BM, num_warps) for group size n: BN = n rounded up to a power of two when that is at most
-    the cap (8192, MAMBA_COMPAT_NORM_BLOCK), else the cap (two passes); BM rows so a tile holds about `elems`."""
+    the cap (8192, MAMBA_COMPAT_NORM_BLOCK), else the cap (two passes); BM rows so that a tile holds about
+    ELEMS[kind] elements, num_warps one per WARP_ELEMS[kind] of them. MAMBA_COMPAT_NORM_FWD / _BWD="BM,WARPS"
+    (read at call time, for tuning) or `cfg` force both."""
     cap = int(os.environ.get("MAMBA_COMPAT_NORM_BLOCK", 8192))
     bn = triton.next_power_of_2(n)
     one_pass = bn <= cap
     bn = min(bn, triton.next_power_of_2(cap))
-    bm = max(1, min(64, elems // bn))
-    warps = 4 if interpreting() else min(max(bm * bn // 512, 1), 8)
+    forced = cfg or os.environ.get(f"MAMBA_COMPAT_NORM_{kind}")
+    if forced:
+        bm, warps = (int(v) for v in (forced.split(",") if isinstance(forced, str) else forced))
+        return one_pass, bn, bm, warps
+    bm = max(1, min(64, ELEMS[kind] // bn))
+    warps = 4 if interpreting() else min(max(bm * bn // WARP_ELEMS[kind], 1), 16)
     return one_pass, bn, bm, warps
+
+
+ELEMS = {"FWD": 4096, "BWD": 2048}  # forward: 3.3-3.9 TB/s on an H200 at the bench shapes; backward untuned
+WARP_ELEMS = {"FWD": 512, "BWD": 256}
+
+
+def _rows_per_program(ntiles: int, ngroups: int, device) -> int:
+    """R, the row tiles one backward program walks (unrolled): the most of 16, 8, 4, 2 that still leaves 4
+    programs per SM (fewer dweight partials to sum), else 1; 2 under the interpreter."""
+    if interpreting() or device.type != "cuda":
+        return 2
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for r in (16, 8, 4, 2):
+        if triton.cdiv(ntiles, r) * ngroups >= 4 * sms:
+            return r
+    return 1
 
 
 def _acc(dtype) -> tl.dtype:
@@ -198,13 +219,13 @@ def _acc(dtype) -> tl.dtype:
 
 
 def rmsnorm_fwd(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, group_size: int,
-                norm_before_gate: bool) -> Tensor:
+                norm_before_gate: bool, cfg: Optional[tuple] = None) -> Tensor:
     """x, z (M, D) with unit column stride, weight (D,) -> (M, D) contiguous in x.dtype."""
     m, d = x.shape
     y = _alloc((m, d), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    one_pass, bn, bm, warps = _blocks(group_size, 4096)
+    one_pass, bn, bm, warps = _blocks(group_size, "FWD", cfg)
     _rmsnorm_fwd_kernel[(triton.cdiv(m, bm), d // group_size)](
         x, x if z is None else z, weight, y, m, group_size, x.stride(0), 0 if z is None else z.stride(0),
         y.stride(0), float(eps),
@@ -215,7 +236,7 @@ def rmsnorm_fwd(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, grou
 
 
 def rmsnorm_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, group_size: int,
-                norm_before_gate: bool):
+                norm_before_gate: bool, cfg: Optional[tuple] = None):
     """-> (dx (M, D) in x.dtype, dweight (D,) in weight.dtype, dz (M, D) in z.dtype or None)."""
     m, d = x.shape
     dev = x.device
@@ -223,21 +244,18 @@ def rmsnorm_bwd(dy: Tensor, x: Tensor, weight: Tensor, z: Optional[Tensor], eps:
     acc_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     dx = _alloc((m, d), dtype=x.dtype, device=dev)
     dz = _alloc((m, d), dtype=z.dtype, device=dev) if z is not None else None
-    one_pass, bn, bm, warps = _blocks(group_size, 2048)
+    one_pass, bn, bm, warps = _blocks(group_size, "BWD", cfg)
     ngroups = d // group_size
     ntiles = triton.cdiv(m, bm)
-    if interpreting() or dev.type != "cuda":
-        progs = min(ntiles, 3)
-    else:
-        progs = min(ntiles, max(1, 4 * torch.cuda.get_device_properties(dev).multi_processor_count // ngroups))
-    progs = max(progs, 1)
+    r = _rows_per_program(ntiles, ngroups, dev)
+    progs = max(1, triton.cdiv(ntiles, r))
     dw_part = (_alloc if one_pass else torch.zeros)((progs, d), dtype=acc_dt, device=dev)
     if m > 0:
         _rmsnorm_bwd_kernel[(progs, ngroups)](
             x, x if z is None else z, weight, dy, dx, dx if dz is None else dz, dw_part, m, group_size, d,
             x.stride(0), 0 if z is None else z.stride(0), dy.stride(0), float(eps),
             HAS_Z=z is not None, NBG=bool(norm_before_gate), ONE_PASS=one_pass, ACC=_acc(x.dtype), BM=bm, BN=bn,
-            num_warps=warps,
+            R=r, num_warps=warps,
         )
     else:
         dw_part.zero_()
