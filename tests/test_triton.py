@@ -25,10 +25,11 @@ from op_testing import assert_close, make_problem, random_seq_idx  # noqa: E402
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 # Bounds on the relative RMSE vs the oracle, per dtype, outputs (TOL) and gradients (GRAD_TOL), set a few times
-# above the worst error measured (MAMBA_COMPAT_RECORD_ERRORS + bench/tolerances.py): interpreter, this machine, and
-# compiled on an NVIDIA H200 (Triton 3.6), 2026-12-02. fp32 tests run with exact fp32 dots (the interpreter always
-# does; on CUDA the autouse fixture below forces MAMBA_COMPAT_TRITON_FP32=ieee); the default tf32 / tf32x3 mode is
-# checked on its own in test_default_tf32_mode with TF32_TOL.
+# above the worst error measured (MAMBA_COMPAT_RECORD_ERRORS + bench/tolerances.py) under the interpreter on the
+# CPU, 2026-12-02; not yet compiled on a GPU with these bounds (the errors reported there before, ~1e-7 in fp32 with
+# fp32 dots and 1e-3 to 4e-3 in bf16 on an H200, sit inside them). fp32 tests run with exact fp32 dots (the
+# interpreter always does; on CUDA the autouse fixture below forces MAMBA_COMPAT_TRITON_FP32=ieee); the default
+# tf32 / tf32x3 mode is checked on its own in test_default_tf32_mode with TF32_TOL.
 TOL = {torch.float32: 1e-6, torch.bfloat16: 1.5e-2, torch.float16: 1e-3}
 GRAD_TOL = {torch.float32: 5e-6, torch.bfloat16: 2e-2, torch.float16: 1.5e-3}
 TF32_TOL = {"y": 3e-3, "final_states": 3e-3, "grad": 5e-5}
@@ -336,13 +337,16 @@ def test_long_sequences_stable(L, dtype):
     y, fin = _run(tssd.chunk_scan, kw, 256)
     ref = {k: (v.detach().float().requires_grad_(True) if v.is_floating_point() else v) for k, v in kw.items()}
     y_r, fin_r = _run(reference.chunk_scan, ref, 256)
-    assert_close("y", y_r, y, 3 * TOL[dtype])
-    assert_close("final_states", fin_r, fin, 3 * TOL[dtype])
+    # two implementations over up to 64k steps vs each other, not vs the float64 oracle: bounds of their own (not yet
+    # measured on a GPU with exact fp32 dots; MAMBA_COMPAT_RECORD_ERRORS records them there)
+    tol, grad_tol = {torch.float32: (1e-5, 5e-5), torch.bfloat16: (3e-2, 4e-2)}[dtype]
+    assert_close("y", y_r, y, tol)
+    assert_close("final_states", fin_r, fin, tol)
     names = ["x", "dt", "A", "B"]
     g = torch.autograd.grad(y.float().sum() + fin.sum(), [kw[k] for k in names])
     g_r = torch.autograd.grad(y_r.sum() + fin_r.sum(), [ref[k] for k in names])
     for name, a, r in zip(names, g, g_r):
-        assert_close(f"d{name}", r, a, GRAD_TOL[dtype])
+        assert_close(f"d{name}", r, a, grad_tol)
 
 
 @needs_cuda
