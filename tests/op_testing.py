@@ -27,6 +27,21 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, ratio: float, 
     assert rel <= ratio, f"{name}: relative RMSE {rel:.3e} > {ratio:.1e} (max abs diff {maxdiff:.3e}, ref rms {base:.3e})"
 
 
+def max_scaled_error(a: torch.Tensor, r: torch.Tensor) -> float:
+    """max |a - r| / max |r| (both upcast to float64 on the CPU); inf if a has a non-finite element."""
+    a, r = a.detach().double().cpu(), r.detach().double().cpu()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+
+
+def nan_alloc(shape, dtype, device):
+    """torch.empty filled with NaN (floating dtypes): a stand-in for a launcher's allocator in tests, so that an
+    element a kernel forgets to write fails the comparison."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if dtype.is_floating_point else t
+
+
 def make_problem(b=2, l=15, h=4, p=8, g=2, n=16, dtype=torch.float64, *, D="h", z=True, dt_bias=True,
                  init=True, seq_idx=None, device="cpu", seed=0, requires_grad=False, dt_scale=1.0):
     """Random SSD inputs as a dict of mamba_chunk_scan_combined keyword arguments (chunk_size not included)."""

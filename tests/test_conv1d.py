@@ -19,6 +19,8 @@ from mamba_compat.ops import conv1d as ops
 from mamba_compat.ops.conv1d import reference as ref
 from mamba_compat.ops.conv1d import triton as tri
 
+from op_testing import max_scaled_error, nan_alloc
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # measured max errors over W 2-4, L 1-40, every feature subset, 3 seeds (CPU interpreter): fp32 2.9e-7; bf16
 # 7.4e-3 (y, dx), 3.5e-3 (dweight, dbias, dconv_state): one ulp (2^-7), as the interpreter rounds fp32 to bf16
@@ -26,20 +28,13 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-6, torch.bfloat16: 1.6e-2, torch.float64: 1e-13}
 
 
-def err(a: torch.Tensor, r: torch.Tensor) -> float:
-    a, r = a.double().cpu(), r.double().cpu()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+err = max_scaled_error
 
 
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     """Kernel outputs start as NaN: an element a kernel forgets to write fails the comparison."""
-    def alloc(shape, dtype, device):
-        t = torch.empty(shape, dtype=dtype, device=device)
-        return t.fill_(float("nan")) if dtype.is_floating_point else t
-    monkeypatch.setattr(tri, "_alloc", alloc)
+    monkeypatch.setattr(tri, "_alloc", nan_alloc)
 
 
 def naive_conv(x, weight, bias=None, state=None, seg=None):

@@ -19,6 +19,8 @@ from mamba_compat.ops import rmsnorm as ops
 from mamba_compat.ops.rmsnorm import reference as ref
 from mamba_compat.ops.rmsnorm import triton as tri
 
+from op_testing import max_scaled_error, nan_alloc
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # measured max errors over this file's shapes and more (CPU interpreter): fp32 9.3e-7 (dx), 2.9e-7 (others);
 # fp16 4.6e-4; bf16 7.1e-3, one ulp (2^-7): the interpreter rounds fp32 to bf16 by truncation, a GPU to nearest
@@ -26,20 +28,13 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-11}
 
 
-def err(a: torch.Tensor, r: torch.Tensor) -> float:
-    a, r = a.double().cpu(), r.double().cpu()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+err = max_scaled_error
 
 
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     """Kernel outputs start as NaN: an element a kernel forgets to write fails the comparison."""
-    def alloc(shape, dtype, device):
-        t = torch.empty(shape, dtype=dtype, device=device)
-        return t.fill_(float("nan")) if dtype.is_floating_point else t
-    monkeypatch.setattr(tri, "_alloc", alloc)
+    monkeypatch.setattr(tri, "_alloc", nan_alloc)
 
 
 def naive_norm(x, w, z, eps, gs, norm_before_gate):
