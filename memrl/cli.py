@@ -3,7 +3,10 @@
     memrl train [--out RUN_DIR] [--device auto] [--seed 1] ...      defaults solve DelayedCue-200; without --out,
                                                                     a new directory runs/ENV-H-CONTROLLER-N
     memrl train --out RUN_DIR --overwrite                           replace the run in RUN_DIR (else refused)
+    memrl train --env CartPole-v1 --target-return 475               any gymnasium id (or module:Class), judged by
+                                                                    returns; defaults: config.GYMNASIUM_DEFAULTS
     memrl train --resume RUN_DIR                                    continue exactly from RUN_DIR/checkpoint.pt
+                                                                    (torch-native envs; gymnasium envs re-seed)
     memrl eval RUN_DIR/checkpoint.pt --episodes 1000 --seed 0 --json
     memrl plot RUN_DIR                                              writes RUN_DIR/curves.png
     torchrun --nproc-per-node=N -m memrl train ...                   data-parallel (docs/distributed.md)
@@ -21,16 +24,16 @@ import pickle
 import sys
 import time
 
-from .config import Config, ConfigError, field_docs
+from .config import Config, ConfigError, defaults_for, field_docs
 
 # train flags exposed on the command line: (flag, config field)
-_TRAIN_FLAGS = ["env", "device", "out", "seed", "total_steps", "num_envs", "controller", "horizon", "num_cues", "noise",
-                "target_success", "eval_episodes", "lr", "update_epochs", "num_minibatches", "rollout_len", "burn_in",
+_TRAIN_FLAGS = ["env", "env_workers", "device", "out", "seed", "total_steps", "num_envs", "controller", "horizon", "num_cues", "noise",
+                "target_success", "target_return", "eval_episodes", "lr", "update_epochs", "num_minibatches", "rollout_len", "burn_in",
                 "ent_coef", "gate_coef", "target_kl", "d_model", "eval_interval", "checkpoint_interval",
                 "curriculum_start", "curriculum_factor", "curriculum_success", "gate_penalty_after",
                 "debug_nan_at_update"]
 # what a resume cannot change: the shapes of the checkpoint's model, optimizer state and envs
-_RESUME_FIXED = ("env", "num_envs", "num_cues", "controller", "memory", "d_model", "n_layers", "d_state", "headdim",
+_RESUME_FIXED = ("env", "env_workers", "num_envs", "num_cues", "controller", "memory", "d_model", "n_layers", "d_state", "headdim",
                  "expand", "mem_slots", "mem_dim", "head_hidden")
 _CHECKPOINT_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # unreadable or not ours
 
@@ -53,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     docs, defaults = field_docs(), {f.name: f.default for f in dataclasses.fields(Config)}
     t = sub.add_parser("train", help="train PPO (defaults solve DelayedCue-200)",
-                       description="Train until greedy evaluation at the full horizon reaches --target-success or "
-                                   "--total-steps env steps are spent.")
+                       description="Train until greedy evaluation at the full horizon reaches --target-success (or "
+                                   "its mean return --target-return) or --total-steps env steps are spent. A "
+                                   "gymnasium --env has no horizon curriculum and other defaults (rollouts of 128 "
+                                   "steps, 16 envs, 4 minibatches, 4 epochs, 100 eval episodes) unless given.")
     for name in _TRAIN_FLAGS:
         default = defaults[name]
         t.add_argument(_flag(name), type=type(default), default=None,
@@ -118,7 +123,8 @@ def _train(args) -> int:
     from . import distributed as dist
 
     overrides = _overrides(args)
-    cfg = None if args.resume else _config(overrides, overrides)  # a resume's config is the checkpoint's
+    # a resume's config is the checkpoint's; a new run takes the env's defaults where no flag is given
+    cfg = None if args.resume else _config({**defaults_for(overrides.get("env", Config.env)), **overrides}, overrides)
     # the process group exists before the checkpoint can be broadcast, so a resume starts it for --device (or auto)
     device = _resolve(cfg.device if cfg else overrides.get("device", "auto"))
     try:
@@ -165,7 +171,8 @@ def _pick_run_dir(args, cfg: Config) -> str:
     if args.resume and os.path.abspath(cfg.out) == os.path.abspath(args.resume):
         return args.resume
     if not cfg.out:
-        return new_run_dir(f"{cfg.env}-{cfg.horizon}-{cfg.controller}")
+        task = f"{cfg.env}-{cfg.horizon}" if cfg.torch_native else cfg.env.replace(":", "-").replace("/", "-")
+        return new_run_dir(f"{task}-{cfg.controller}")
     found = run_files(cfg.out)
     if found and not args.overwrite:
         raise UsageError(f"--out {cfg.out} already holds a run ({', '.join(found)}); continue it with --resume "
@@ -199,6 +206,10 @@ def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
     if ckpt_state is not None:
         trainer.load_state_dict(ckpt_state)
         say(f"resumed {args.resume} at update {trainer.update_idx}, {trainer.env_steps} env steps")
+        if not trainer.env.checkpointable:
+            say(f"resume is not exact: the state of gymnasium env {cfg.env} cannot be saved, so its envs start fresh "
+                f"episodes (re-seeded) and the recurrent state starts from zero; model, optimizer and counters are "
+                f"restored")
     ckpt = os.path.join(run_dir, "checkpoint.pt")
     logger = progress = None
     if main_rank:
@@ -208,7 +219,8 @@ def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
         logger = RunLogger(run_dir, cfg.tensorboard)
         progress = Progress(trainer, bar=cfg.progress)
     ranks = f" x {trainer.world} ranks" if trainer.world > 1 else ""
-    say(f"memrl train: {cfg.env}-{cfg.horizon}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
+    task = f"{cfg.env}-{cfg.horizon}" if trainer.curriculum else f"{cfg.env} (gymnasium, {trainer.env.obs_dim} obs)"
+    say(f"memrl train: {task}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
         f"{cfg.num_envs} envs{ranks}, rollouts of {trainer.rollout_len} steps, device {trainer.device}, "
         f"run dir {run_dir}")
     steps0 = trainer.env_steps
@@ -220,6 +232,7 @@ def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
             logger.log("session", trainer.env_steps, {"wall": wall, "session_steps": trainer.env_steps - steps0,
                                                       "code": code})
     finally:
+        trainer.close()
         if logger is not None:
             logger.close()
     if main_rank:
@@ -264,6 +277,8 @@ def _eval_summary(trainer) -> str:
     if ev is None:
         return "not evaluated" + (f" ({stage})" if h < cfg.horizon else "")
     at = ev.get("horizon", cfg.horizon)  # checkpoints of older runs: always the full horizon
+    if ev["success_rate"] is None:  # an env without a success metric
+        return f"eval mean return {ev['mean_return']:.3f} on {ev['episodes']} fresh episodes"
     text = f"eval success {ev['success_rate']:.3f} on {ev['episodes']} fresh episodes"
     if at == cfg.horizon:
         return text
@@ -306,6 +321,9 @@ def _eval(args) -> int:
                 "horizon": cfg.horizon, "controller": cfg.controller, "memory": cfg.memory})
     if args.json:
         print(json.dumps(res))
+    elif res["success_rate"] is None:
+        print(f"{res['env']}: mean return {res['mean_return']:.4f} over {res['episodes']} episodes (seed {args.seed}, "
+              f"{device})")
     else:
         print(f"{res['env']}-{res['horizon']}: success {res['success_rate']:.4f}, mean return "
               f"{res['mean_return']:.4f} over {res['episodes']} episodes (seed {args.seed}, {device})")

@@ -31,7 +31,7 @@ _INT_MIN = {"horizon": 2, "num_cues": 2, "num_envs": 1, "d_model": 1, "n_layers"
             "expand": 1, "ssm_chunk": 1, "mem_slots": 1, "mem_dim": 1, "mem_chunk": 1, "head_hidden": 1,
             "curriculum_start": 0, "rollout_len": 0, "burn_in": 0, "total_steps": 1, "update_epochs": 1,
             "num_minibatches": 1, "eval_episodes": 1, "eval_interval": 1, "checkpoint_interval": 1,
-            "debug_nan_at_update": 0}
+            "debug_nan_at_update": 0, "env_workers": 0}
 # float fields: the rule they must satisfy (and be finite)
 _RULES = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, "> 1": lambda v: v > 1,
           "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1)": lambda v: 0 < v < 1}
@@ -46,7 +46,9 @@ _FLOAT_RULE = {"noise": ">= 0", "mem_timescale_factor": "> 0", "mem_gate_init": 
 class Config:
     # --- environment -------------------------------------------------------------------------------------
     env: str = "DelayedCue"
-    """Task: DelayedCue, TMaze or RepeatFirst (memrl.envs.ENVS)."""
+    """Task: DelayedCue, TMaze, RepeatFirst (torch-native), a registered gymnasium id (CartPole-v1) or module:Class."""
+    env_workers: int = 0
+    """gymnasium envs: 0 = SyncVectorEnv in this process; N > 0 = AsyncVectorEnv (gymnasium: one process per env)."""
     horizon: int = 200
     """Episode length: cue at t=0, query at t=horizon-1."""
     num_cues: int = 2
@@ -92,7 +94,7 @@ class Config:
     """Rollout success rate that completes a curriculum stage."""
     # --- PPO ---------------------------------------------------------------------------------------------
     rollout_len: int = 0
-    """Steps per rollout T (0 = the training horizon: episode-aligned rollouts of whole episodes)."""
+    """Steps per rollout T (0 = the training horizon: episode-aligned rollouts; 128 for envs without a horizon knob)."""
     burn_in: int = 0
     """Steps of the previous rollout replayed with gradient before each sequence (0 = none)."""
     total_steps: int = 20_000_000
@@ -136,6 +138,8 @@ class Config:
     """At the full horizon, also evaluate after any rollout whose success rate reaches this (> 1: never)."""
     target_success: float = 0.99
     """Stop when evaluation success at the full horizon reaches this (> 1: never stop early)."""
+    target_return: float = float("inf")
+    """Stop when the evaluation mean return at the full horizon reaches this (inf: never); for envs without success."""
     checkpoint_interval: int = 5
     """Save RUN_DIR/checkpoint.pt every this many updates (and at the end)."""
     seed: int = 1
@@ -154,11 +158,16 @@ class Config:
     """Testing aid: poison a parameter with NaN before this update (0 = never)."""
 
     def __post_init__(self):
-        from .envs import ENVS  # the registries (imported here: `memrl --help` needs no torch)
+        from .envs import ENVS, check_env_name  # the registries (imported here: `memrl --help` needs no torch)
         from .models.controllers import CONTROLLERS
-        for name, allowed in (("env", ENVS), ("controller", tuple(CONTROLLERS))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(name, "one of " + ", ".join(allowed), getattr(self, name))
+        try:
+            check_env_name(self.env)
+        except ValueError as err:
+            detail = f"; {err}" if ":" in str(self.env) else ""
+            raise ConfigError("env", f"one of {', '.join(ENVS)}, a registered gymnasium id or module:Class{detail}",
+                              self.env) from None
+        if self.controller not in CONTROLLERS:
+            raise ConfigError("controller", "one of " + ", ".join(CONTROLLERS), self.controller)
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
             raise ConfigError("device", "one of " + ", ".join(DEVICES) + " or cuda:N", self.device)
         for name, low in _INT_MIN.items():
@@ -170,6 +179,12 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not _RULES[rule](v):
                 raise ConfigError(name, f"a finite number {rule}", v)
+        if isinstance(self.target_return, bool) or not isinstance(self.target_return, (int, float)) \
+                or math.isnan(self.target_return):
+            raise ConfigError("target_return", "a number (inf: never stop on the return)", self.target_return)
+        if self.env_workers and self.env in ENVS:
+            raise ConfigError("env_workers", f"0 for the torch-native env {self.env} (batched in one process)",
+                              self.env_workers)
         if self.env == "TMaze" and self.num_cues != 2:
             raise ConfigError("num_cues", "2 for TMaze (it has 2 arms)", self.num_cues)
         if self.num_envs % self.num_minibatches:
@@ -183,12 +198,30 @@ class Config:
                               "mamba2 controller", self.headdim)
 
     @property
+    def torch_native(self) -> bool:
+        """Whether env is one of the torch-native tasks (with a horizon knob and a success metric)."""
+        from .envs import ENVS
+        return self.env in ENVS
+
+    @property
     def first_horizon(self) -> int:
         """The training horizon of the first curriculum stage."""
         return min(self.curriculum_start, self.horizon) if self.curriculum_start else self.horizon
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+GYMNASIUM_DEFAULTS = {"num_envs": 16, "num_minibatches": 4, "rollout_len": 128, "update_epochs": 4,
+                      "eval_episodes": 100}
+"""Defaults that replace Config's for a gymnasium env (no horizon knob, no curriculum; Config's are DelayedCue's)."""
+
+
+def defaults_for(env: str) -> dict:
+    """The Config values that differ from the dataclass defaults for this env: GYMNASIUM_DEFAULTS for a
+    gymnasium env, {} for a torch-native task."""
+    from .envs import ENVS
+    return {} if env in ENVS else dict(GYMNASIUM_DEFAULTS)
 
 
 def field_docs(cls=Config) -> dict[str, str]:

@@ -22,7 +22,7 @@ class Progress:
                             desc=self._stage(trainer))
 
     def _stage(self, trainer) -> str:
-        return f"H {trainer.train_horizon}/{self.cfg.horizon}"
+        return f"H {trainer.train_horizon}/{self.cfg.horizon}" if trainer.curriculum else self.cfg.env
 
     def _say(self, line: str) -> None:
         if self.bar is not None:
@@ -34,7 +34,13 @@ class Progress:
         """After trainer.train_step() returned `stats`; horizon_before: the training horizon before that step."""
         cfg = self.cfg
         head = f"update {stats['update']}, {trainer.env_steps} env steps, {trainer.wall_time:.1f} s"
-        if "eval_success" in stats:
+        if "eval_return" in stats and "eval_success" not in stats:  # an env without a success metric: returns
+            ev = trainer.last_eval
+            what = "solved" if trainer.solved else "not solved"
+            self.eval = f"{ev['mean_return']:.3g}"
+            self._say(f"{head}: eval mean return {ev['mean_return']:.3f} on {ev['episodes']} fresh episodes ({what}; "
+                      f"target {cfg.target_return:g})")
+        elif "eval_success" in stats:
             ev, h = trainer.last_eval, stats["eval_horizon"]
             what = "curriculum stage" if h < cfg.horizon else "solved" if trainer.solved else "not solved"
             self.eval = f"{ev['success_rate']:.3f}@{h}"
@@ -45,8 +51,9 @@ class Progress:
                       f"horizon {trainer.train_horizon} of {cfg.horizon}")
         if self.bar is not None:
             self.bar.set_description_str(self._stage(trainer), refresh=False)
+            target = f"{cfg.target_success:g}@{cfg.horizon}" if trainer.curriculum else f"{cfg.target_return:g}"
             self.bar.set_postfix({"succ": f"{stats['success']:.2f}", "eval": self.eval,
-                                  "target": f"{cfg.target_success:g}@{cfg.horizon}", "ret": f"{stats['return']:.2f}",
+                                  "target": target, "ret": f"{stats['return']:.2f}",
                                   "gate": f"{stats['gate_mean']:.3f}", "kl": f"{stats['approx_kl']:.4f}",
                                   "sps": f"{stats['sps']:.0f}"}, refresh=False)
             self.bar.update(trainer.env_steps - self.bar.n)

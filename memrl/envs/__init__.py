@@ -1,16 +1,22 @@
-"""Memory tasks as batched torch environments: DelayedCue (delayed_cue.py), passive TMaze (tmaze.py),
-RepeatFirst (repeat_first.py).
+"""Envs behind one protocol (base.py: TorchVectorEnv, same-step autoreset, declared state).
+
+Torch-native memory tasks, batched on the training device: DelayedCue (delayed_cue.py), passive TMaze (tmaze.py),
+RepeatFirst (repeat_first.py); each a HorizonEnv (a horizon knob for the curriculum). Any other gymnasium env
+(a registered id or "module:Class") runs through gymnasium's vector API behind GymVectorEnv (gym_vector.py),
+its spaces encoded by emulation.py.
 
 When gymnasium is installed, single-env versions are registered:
     gymnasium.make("memrl/DelayedCue-v0", horizon=200)     # also memrl/TMaze-v0, memrl/RepeatFirst-v0
 """
+from .base import HorizonEnv, TorchVectorEnv
 from .delayed_cue import DelayedCue
 from .repeat_first import RepeatFirst
 from .tmaze import TMaze
 
-__all__ = ["DelayedCue", "RepeatFirst", "TMaze", "ENVS", "make_env"]
+__all__ = ["DelayedCue", "RepeatFirst", "TMaze", "HorizonEnv", "TorchVectorEnv", "ENVS", "check_env_name",
+           "make_env"]
 
-_BUILDERS = {  # name -> builder(num_envs, device, horizon, num_cues, noise): the one list of known envs
+_BUILDERS = {  # name -> builder(num_envs, device, horizon, num_cues, noise): the one list of torch-native envs
     "DelayedCue": lambda n, device, horizon, num_cues, noise: DelayedCue(num_envs=n, horizon=horizon, num_cues=num_cues,
                                                                          noise=noise, device=device),
     "TMaze": lambda n, device, horizon, num_cues, noise: TMaze(num_envs=n, horizon=horizon, noise=noise, device=device),
@@ -19,16 +25,33 @@ _BUILDERS = {  # name -> builder(num_envs, device, horizon, num_cues, noise): th
                                                                            device=device),
 }
 ENVS = tuple(_BUILDERS)
-"""Names make_env knows (Config and the CLI validate --env against this)."""
+"""Names of the torch-native tasks (anything else must be a gymnasium id or module:Class)."""
+
+
+def check_env_name(name: str) -> None:
+    """ValueError unless `name` is a torch-native task, a registered gymnasium id or "module:Class"."""
+    if name in _BUILDERS:
+        return
+    try:
+        from .gym_vector import gym_env_factory
+    except ImportError:  # pragma: no cover - exercised only without gymnasium
+        raise ValueError(f"one of {', '.join(ENVS)} (gymnasium envs need the `rl` extra: pip install "
+                         f"'mamba-compat[rl]')") from None
+    gym_env_factory(name)
 
 
 def make_env(name: str, num_envs: int = 1, device="cpu", horizon: int = 200, num_cues: int = 2,
-             noise: float = 0.0):
-    """Build a batched env by name with the trainer's options (num_cues is RepeatFirst's num_symbols;
-    TMaze always has 2 arms)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown env {name!r}; available: {', '.join(ENVS)}")
-    return _BUILDERS[name](num_envs, device, horizon, num_cues, noise)
+             noise: float = 0.0, workers: int = 0):
+    """Build a batched env by name with the trainer's options. A torch-native task (ENVS) takes horizon, num_cues
+    (RepeatFirst's num_symbols; TMaze always has 2 arms) and noise; anything else is a gymnasium env
+    (GymVectorEnv, `workers` > 0 for AsyncVectorEnv), which ignores them."""
+    if name in _BUILDERS:
+        if workers:
+            raise ValueError(f"workers must be 0 for the torch-native env {name!r} (it has no worker processes), "
+                             f"got {workers}")
+        return _BUILDERS[name](num_envs, device, horizon, num_cues, noise)
+    from .gym_vector import GymVectorEnv
+    return GymVectorEnv(name, num_envs=num_envs, device=device, workers=workers)
 
 
 def _register() -> None:

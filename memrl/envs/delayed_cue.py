@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from .common import EnvCheckpoint, check_actions
+from .base import HorizonEnv
+from .common import check_actions
 from .spaces import Box, Discrete
 
 
-class DelayedCue(EnvCheckpoint):
+class DelayedCue(HorizonEnv):
     """Batched DelayedCue. Attributes: num_envs, horizon, num_cues, noise, device, t (num_envs,), cue (num_envs,)."""
-
-    STATE_TENSORS = ("t", "cue")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     def __init__(self, num_envs: int = 1, horizon: int = 200, num_cues: int = 2, noise: float = 0.0,
                  device: str | torch.device = "cpu"):
@@ -43,11 +42,10 @@ class DelayedCue(EnvCheckpoint):
         self.obs_dim = self.num_cues + 1
         self.single_observation_space = Box(low=-float("inf"), high=float("inf"), shape=(self.obs_dim,))
         self.single_action_space = Discrete(self.num_cues)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
-        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self.cue = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self._needs_reset = True
+        super().__init__(self.num_envs, self.device)  # the protocol: declared state below
+        self.register_generator("generator", torch.Generator(device=self.device).manual_seed(0))
+        self.register_state("t", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
+        self.register_state("cue", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
 
     # -- core -------------------------------------------------------------------------------------------
     def _observe(self) -> torch.Tensor:

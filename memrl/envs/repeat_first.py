@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import torch
 
-from .common import EnvCheckpoint, check_actions, check_nonnegative, check_positive
+from .base import HorizonEnv
+from .common import check_actions, check_nonnegative, check_positive
 from .spaces import Box, Discrete
 
 
-class RepeatFirst(EnvCheckpoint):
+class RepeatFirst(HorizonEnv):
     """Batched RepeatFirst. Attributes: num_envs, horizon, num_symbols, noise, device, t (num_envs,),
     first (num_envs,) the symbol to repeat, symbol (num_envs,) the symbol shown now."""
-
-    STATE_TENSORS = ("t", "first", "symbol")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     def __init__(self, num_envs: int = 1, horizon: int = 200, num_symbols: int = 4, noise: float = 0.0,
                  device: str | torch.device = "cpu"):
@@ -41,12 +40,11 @@ class RepeatFirst(EnvCheckpoint):
         self.obs_dim = self.num_symbols + 1
         self.single_observation_space = Box(low=-float("inf"), high=float("inf"), shape=(self.obs_dim,))
         self.single_action_space = Discrete(self.num_symbols)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
-        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self.first = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self.symbol = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self._needs_reset = True
+        super().__init__(self.num_envs, self.device)  # the protocol: declared state below
+        self.register_generator("generator", torch.Generator(device=self.device).manual_seed(0))
+        self.register_state("t", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
+        self.register_state("first", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
+        self.register_state("symbol", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
 
     # -- core -------------------------------------------------------------------------------------------
     def _draw_symbols(self) -> None:

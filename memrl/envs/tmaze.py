@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import torch
 
-from .common import EnvCheckpoint, check_actions, check_nonnegative, check_positive
+from .base import HorizonEnv
+from .common import check_actions, check_nonnegative, check_positive
 from .spaces import Box, Discrete
 
 CUE, CORRIDOR, POSITION, JUNCTION = slice(0, 2), 2, 3, 4
 
 
-class TMaze(EnvCheckpoint):
+class TMaze(HorizonEnv):
     """Batched passive T-maze. Attributes: num_envs, horizon, corridor_length, noise, step_penalty, device,
     t (num_envs,) step within the episode, cue (num_envs,) 0 = up/left, 1 = down/right."""
-
-    STATE_TENSORS = ("t", "cue")  # checkpointed with the RNG, reset flag and horizon (EnvCheckpoint)
 
     num_actions = 2
 
@@ -49,11 +48,10 @@ class TMaze(EnvCheckpoint):
         self.obs_dim = 5
         self.single_observation_space = Box(low=-float("inf"), high=float("inf"), shape=(self.obs_dim,))
         self.single_action_space = Discrete(self.num_actions)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
-        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self.cue = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self._needs_reset = True
+        super().__init__(self.num_envs, self.device)  # the protocol: declared state below
+        self.register_generator("generator", torch.Generator(device=self.device).manual_seed(0))
+        self.register_state("t", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
+        self.register_state("cue", torch.zeros(self.num_envs, dtype=torch.long, device=self.device))
 
     @property
     def corridor_length(self) -> int:

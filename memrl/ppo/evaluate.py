@@ -17,9 +17,10 @@ def evaluate_policy(model, env_kwargs: dict, episodes: int = 1000, seed: int = 0
     """Run `episodes` fresh episodes in parallel batches of at most `max_batch` envs.
 
     Args:
-        model: an ActorCritic; env_kwargs: horizon, num_cues, noise; seed: seeds the envs (and sampling).
+        model: an ActorCritic; env_kwargs: make_env's options (horizon, num_cues, noise, workers); seed: seeds the
+            envs (and sampling).
     Returns:
-        {"episodes", "success_rate", "mean_return"}.
+        {"episodes", "success_rate" (None for an env without a success metric), "mean_return"}.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -41,20 +42,23 @@ def evaluate_policy(model, env_kwargs: dict, episodes: int = 1000, seed: int = 0
         for t in itertools.count(1):
             out = model.act(obs, state, reset)
             if greedy:
-                actions = out.logits.argmax(-1)
+                actions = model.action_dist.mode(out.logits)
             else:
-                actions = torch.multinomial(out.logits.softmax(-1), 1, generator=gen).squeeze(-1)
+                actions = model.action_dist.sample(out.logits, gen)[0]
             obs, reward, term, trunc, info = env.step(actions)
             ret += reward * ~finished
-            success |= info.get("success", reward > 0) & (term | trunc) & ~finished
+            if env.reports_success:
+                success |= info["success"] & (term | trunc) & ~finished
             finished |= term | trunc
             reset, state = term | trunc, out.state
             if t % SYNC_EVERY == 0 and bool(finished.all()):  # a host sync: not every step
                 break
+        env.close()
+        reports_success = env.reports_success
         done_total += n
         success_total += int(success.sum())
         return_total += float(ret.sum())
         chunk += 1
     model.train(was_training)
-    return {"episodes": done_total, "success_rate": success_total / done_total,
+    return {"episodes": done_total, "success_rate": success_total / done_total if reports_success else None,
             "mean_return": return_total / done_total}

@@ -25,17 +25,7 @@ from __future__ import annotations
 
 import torch
 
-def env_tensors(env) -> dict:
-    """The env's mutable tensor attributes (step counters, cues, ...) by name."""
-    return {k: v for k, v in vars(env).items() if isinstance(v, torch.Tensor)}
-
-
-def sample_actions(logits: torch.Tensor, gen: torch.Generator):
-    """Gumbel-max sample of a categorical per row -> (actions (N,), log-prob of each action (N,))."""
-    u = torch.rand(logits.shape, device=logits.device, generator=gen)
-    actions = (logits - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)
-    logp = logits.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    return actions, logp
+from ..models.distributions import sample_actions  # noqa: F401  (the one-categorical sampler, re-exported)
 
 
 def _clone(state: dict) -> dict:
@@ -51,7 +41,7 @@ class RolloutActor:
     def __init__(self, model, env, gen: torch.Generator, use_cuda_graph: bool = True):
         self.model, self.env, self.gen = model, env, gen
         self.device = torch.device(env.device)
-        self.use_cuda_graph = bool(use_cuda_graph) and self.device.type == "cuda"
+        self.use_cuda_graph = bool(use_cuda_graph) and self.device.type == "cuda" and env.capturable
         self._graphs = {}  # (steps, horizon, N) -> (graph, static buffers)
         self.captures = 0  # graphs captured so far (for tests and benchmarks)
 
@@ -62,17 +52,27 @@ class RolloutActor:
         rec = lambda *shape, dtype=torch.float32: torch.empty(n, length, *shape, dtype=dtype, device=obs.device)  # noqa: E731
         has_gate = getattr(self.model, "memory", None) is not None
         return {"obs": rec(*obs.shape[1:], dtype=obs.dtype), "reset": rec(dtype=torch.bool),
-                "actions": rec(dtype=torch.long), "logp": rec(), "values": rec(), "rewards": rec(),
-                "dones": rec(dtype=torch.bool), "success": rec(dtype=torch.bool), "gate": rec() if has_gate else None}
+                "actions": rec(*self.model.action_dist.action_shape, dtype=torch.long), "logp": rec(),
+                "values": rec(), "rewards": rec(), "dones": rec(dtype=torch.bool), "truncated": rec(dtype=torch.bool),
+                "final_values": rec(), "success": rec(dtype=torch.bool) if self.env.reports_success else None,
+                "gate": rec() if has_gate else None}
 
     def _body(self, obs, reset, state: dict, rec: dict, length: int):
         """Act `length` steps, writing step t into rec[k][:, t]. -> (obs, reset, state, last_value) after them."""
         model, env = self.model, self.env
         for t in range(length):
             out = model.act(obs, state, reset)
-            actions, logp = sample_actions(out.logits, self.gen)
+            actions, logp = model.action_dist.sample(out.logits, self.gen)
             next_obs, reward, term, trunc, info = env.step(actions)
             done = term | trunc
+            rec["truncated"][:, t] = trunc
+            # truncation bootstraps: the value of the ended episode's last obs, from the state before the reset
+            # (computed only when some episode was truncated; a graph computes it whenever the env can truncate)
+            if env.truncates and (self.use_cuda_graph or bool(trunc.any())):
+                final_value = model.act(info["final_obs"], out.state, torch.zeros_like(trunc)).value
+                rec["final_values"][:, t] = torch.where(trunc, final_value, 0.0)
+            else:
+                rec["final_values"][:, t] = 0.0
             rec["obs"][:, t] = obs
             rec["reset"][:, t] = reset
             rec["actions"][:, t] = actions
@@ -80,7 +80,8 @@ class RolloutActor:
             rec["values"][:, t] = out.value
             rec["rewards"][:, t] = reward
             rec["dones"][:, t] = done
-            rec["success"][:, t] = info["success"] if "success" in info else (reward > 0) & done
+            if rec["success"] is not None:
+                rec["success"][:, t] = info["success"]
             if rec["gate"] is not None:
                 rec["gate"][:, t] = out.gate
             obs, reset, state = next_obs, done, out.state
@@ -88,16 +89,16 @@ class RolloutActor:
 
     # ------------------------------------------------------------------------------------------------ graphs
     def _generators(self) -> list:
-        gens = [self.gen] + [g for g in vars(self.env).values() if isinstance(g, torch.Generator)]
+        gens = [self.gen, *self.env.generators().values()]  # the env's declared generators
         return [g for g in gens if g.device.type == "cuda"]
 
     def _point_env_at(self, tensors: dict, copy_from: dict | None = None) -> None:
-        """Make the env's tensor attributes the given (static) tensors, first copying `copy_from` into them."""
+        """Make the env's declared state the given (static) tensors, first copying `copy_from` into them."""
         for k, v in tensors.items():
             src = (copy_from or {}).get(k)
             if src is not None and src is not v:
                 v.copy_(src)
-            setattr(self.env, k, v)
+        self.env.set_state_tensors(tensors)
 
     def _graphed_body(self, sb: dict):
         """The body on static buffers sb; its final values are copied into sb's output buffers."""
@@ -107,11 +108,11 @@ class RolloutActor:
         for k, v in state.items():
             sb["state_out"][k].copy_(v)
         sb["value_out"].copy_(value)
-        self._point_env_at(sb["env"], copy_from=env_tensors(self.env))  # the env reassigns its tensors each step
+        self._point_env_at(sb["env"], copy_from=self.env.state_tensors())  # the env reassigns its tensors each step
 
     def _capture(self, obs, reset, state, steps: int) -> dict:
         """Static buffers for pieces of `steps` steps, and their graph (after an eager warm-up)."""
-        env_now = env_tensors(self.env)
+        env_now = self.env.state_tensors()
         sb = {"steps": steps, "obs_in": obs.clone(), "reset_in": reset.clone(), "state_in": _clone(state),
               "rec": self._records(obs, steps), "obs_out": obs.clone(), "reset_out": reset.clone(),
               "state_out": _clone(state), "value_out": torch.empty(obs.shape[0], device=obs.device),
@@ -130,7 +131,7 @@ class RolloutActor:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self._point_env_at(_clone(env_tensors(self.env)))
+            self._point_env_at(_clone(self.env.state_tensors()))
             self._body(obs.clone(), reset.clone(), _clone(state), self._records(obs, self.WARMUP_STEPS),
                        self.WARMUP_STEPS)
         torch.cuda.current_stream(self.device).wait_stream(side)
@@ -149,7 +150,7 @@ class RolloutActor:
         return graph
 
     def _replay(self, obs, reset, state, rec: dict, start: int, steps: int):
-        key = (steps, getattr(self.env, "horizon", None), obs.shape[0])
+        key = (steps, repr(self.env.get_extra_state()), obs.shape[0])  # the env's Python-level settings: baked in
         if key not in self._graphs:
             for old in [k for k in self._graphs if k[1:] != key[1:]]:  # a finished curriculum stage: free its pools
                 del self._graphs[old]
@@ -159,7 +160,7 @@ class RolloutActor:
         sb["reset_in"].copy_(reset)
         for k, v in state.items():
             sb["state_in"][k].copy_(v)
-        self._point_env_at(sb["env"], copy_from=env_tensors(self.env))
+        self._point_env_at(sb["env"], copy_from=self.env.state_tensors())
         sb["graph"].replay()
         for k, v in rec.items():
             if v is not None:
@@ -172,8 +173,10 @@ class RolloutActor:
         """Act `length` steps from (obs (N, O), reset (N,) bool, state {name: (N, ...)}).
 
         snap_at in [0, length]: also return the recurrent state after that many steps as "snapshot" (-1: none).
-        Returns new tensors: the records "obs", "reset", "actions", "logp", "values", "rewards", "dones",
-        "success" (N, T) and "gate" (N, T) or None; "last_value" (N,) of the final obs; "next_obs", "next_reset",
+        Returns new tensors: the records "obs", "reset", "actions" ((N, T) or (N, T, K) for K action components),
+        "logp", "values", "rewards", "dones" (terminated or truncated), "truncated", "final_values" (the value of
+        the final obs where truncated, else 0) (N, T), "success" (N, T) or None (an env without a success metric)
+        and "gate" (N, T) or None; "last_value" (N,) of the final obs; "next_obs", "next_reset",
         "next_state" (the final values) and "snapshot" (a state dict, or None).
         """
         rec = self._records(obs, length)

@@ -7,6 +7,13 @@ through time from the query back to the cue (T = horizon steps). For other T, `b
 the last `burn_in` steps of the previous rollout with gradient (from the state stored where that
 prefix began) before each sequence, so dependencies up to burn_in + 1 steps cross rollout boundaries.
 
+Envs: any TorchVectorEnv (memrl/envs/base.py). The horizon curriculum runs only for a HorizonEnv (the
+torch-native memory tasks); other envs (gymnasium, through GymVectorEnv) train at their own episode lengths in
+rollouts of cfg.rollout_len (default 128) steps, judged by returns instead of success.
+
+Truncation is not termination: GAE stops at both, but a truncated step bootstraps with the value of the ended
+episode's final obs (RolloutActor computes it from the recurrent state before the reset); a terminated one does not.
+
 Sections of `train()`: rollout (acting under inference_mode, rollout.py; on CUDA replayed as CUDA graphs of up
 to 100 steps) -> advantages (GAE) -> update (epochs x minibatches of whole env sequences) -> logging /
 evaluation / checkpoint.
@@ -27,17 +34,20 @@ import torch
 
 from .. import distributed as dist
 from ..config import Config, resolve_device
-from ..envs import make_env
+from ..envs import HorizonEnv, make_env
 from ..models import ActorCritic
 from .evaluate import evaluate_policy
 from .rollout import RolloutActor
+
+
+DEFAULT_ROLLOUT_LEN = 128  # rollout_len=0 for an env without a horizon knob (CleanRL's PPO default)
 
 
 class NonFiniteError(RuntimeError):
     """A loss, gradient, parameter or recurrent state became NaN/inf; training stopped."""
 
 
-def build_model(cfg: Config, obs_dim: int, num_actions: int) -> ActorCritic:
+def build_model(cfg: Config, obs_dim: int, num_actions: int | tuple) -> ActorCritic:
     return ActorCritic(obs_dim, num_actions, controller=cfg.controller, memory=cfg.memory, d_model=cfg.d_model,
                        n_layers=cfg.n_layers, d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
                        mem_slots=cfg.mem_slots, mem_dim=cfg.mem_dim,
@@ -57,18 +67,28 @@ def _terms(pg, v, entropy, gate) -> str:
     return f"pg={pg.item()} v={v.item()} entropy={entropy.item()} gate={gate.item()}"
 
 
-def gae(rewards, values, dones, last_value, gamma: float, lam: float):
+def gae(rewards, values, dones, last_value, gamma: float, lam: float, truncated=None, final_values=None):
     """Generalised advantage estimation (Schulman et al. 2016). All (N, T) except last_value (N,).
 
-    dones[:, t] = the episode ended with step t (no bootstrap across it). Returns (advantages, returns).
+    dones[:, t] = the episode ended with step t (terminated or truncated): nothing flows back across it.
+    truncated[:, t] (a subset of dones) = it was cut short (a time limit), so step t bootstraps with
+    final_values[:, t], the value of the ended episode's final obs; a terminated step does not bootstrap.
+    Returns (advantages, returns).
     """
+    if (truncated is None) != (final_values is None):
+        raise ValueError("gae needs truncated and final_values together (or neither), got "
+                         f"truncated={'None' if truncated is None else tuple(truncated.shape)}, "
+                         f"final_values={'None' if final_values is None else tuple(final_values.shape)}")
     n, length = rewards.shape
     adv = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(last_value)
     next_value = last_value
     for t in reversed(range(length)):
         live = 1.0 - dones[:, t].float()
-        delta = rewards[:, t] + gamma * next_value * live - values[:, t]
+        bootstrap = next_value * live
+        if truncated is not None:
+            bootstrap = bootstrap + final_values[:, t] * truncated[:, t].float()
+        delta = rewards[:, t] + gamma * bootstrap - values[:, t]
         next_adv = delta + gamma * lam * live * next_adv
         adv[:, t] = next_adv
         next_value = values[:, t]
@@ -83,20 +103,24 @@ class PPOTrainer:
         self.device = dist.local_device(resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)  # same on every rank: identical model init (broadcast from rank 0 below)
         seed = cfg.seed + dist.RANK_SEED_STRIDE * self.rank  # envs and action sampling differ per rank
-        self.env_kwargs = dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
-        self.train_horizon = cfg.first_horizon  # curriculum stage (also the horizon of the periodic evaluation)
+        self.env_kwargs = dict(horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise, workers=cfg.env_workers)
         self.env = make_env(cfg.env, num_envs=cfg.num_envs, device=self.device,
-                            **{**self.env_kwargs, "horizon": self.train_horizon})
-        obs_dim, num_actions = self.env.single_observation_space.shape[0], self.env.single_action_space.n
-        self.model = build_model(cfg, obs_dim, num_actions).to(self.device)
+                            **{**self.env_kwargs, "horizon": cfg.first_horizon})
+        self.curriculum = isinstance(self.env, HorizonEnv)  # only an env with a horizon knob has one
+        # the curriculum stage (also the horizon of the periodic evaluation); the full horizon without a knob
+        self.train_horizon = cfg.first_horizon if self.curriculum else cfg.horizon
+        self.model = build_model(cfg, self.env.single_observation_space.shape[0],
+                                 self.env.action_components).to(self.device)
         dist.broadcast_params(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device=self.device)  # action sampling and minibatch order
         self.gen.manual_seed(seed)
         self.actor = RolloutActor(self.model, self.env, self.gen, use_cuda_graph=cfg.cuda_graph)
+        self.env_seed = seed
         self.obs, _ = self.env.reset(seed=seed)
         self.next_reset = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
         self.state = self.model.init_state(cfg.num_envs, self.device)
+        self.running_return = torch.zeros(cfg.num_envs, device=self.device)  # of each env's current episode
         self.prefix = None  # burn-in: {"obs" (N, B, O), "reset" (N, B), "state"} from the previous rollout
         self.update_idx = 0
         self.env_steps = 0
@@ -106,8 +130,9 @@ class PPOTrainer:
 
     @property
     def rollout_len(self) -> int:
-        """T: cfg.rollout_len, or the current training horizon (episode-aligned rollouts)."""
-        return self.cfg.rollout_len or self.train_horizon
+        """T: cfg.rollout_len, or the current training horizon (episode-aligned rollouts), or
+        DEFAULT_ROLLOUT_LEN for an env without a horizon knob."""
+        return self.cfg.rollout_len or (self.train_horizon if self.curriculum else DEFAULT_ROLLOUT_LEN)
 
     # ------------------------------------------------------------------------------------------- rollout
     def collect_rollout(self) -> dict:
@@ -116,7 +141,7 @@ class PPOTrainer:
         snap_at = length - min(cfg.burn_in, length)  # burn-in: the state where next update's prefix begins
         out = self.actor.run(self.obs, self.next_reset, self.state, length, snap_at)
         self.obs, self.next_reset, self.state = out.pop("next_obs"), out.pop("next_reset"), out.pop("next_state")
-        roll = {**out, "state0": state0}
+        roll = {**out, "state0": state0, "ended_return": self._ended_return(out["rewards"], out["dones"])}
         finite = _all_finite([roll["values"], *self.state.values()])
         if self.world > 1:
             finite = dist.all_true(finite)
@@ -124,6 +149,16 @@ class PPOTrainer:
             raise NonFiniteError(f"non-finite recurrent state or value during rollout {self.update_idx + 1}")
         self.env_steps += n * length * self.world
         return roll
+
+    def _ended_return(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        """(N,): per env, the sum of the whole returns of its episodes that ended in this rollout ((N, T) rewards
+        and dones; episodes begun in earlier rollouts included, via running_return)."""
+        ended = torch.zeros_like(self.running_return)
+        for t in range(rewards.shape[1]):
+            self.running_return += rewards[:, t]
+            ended += self.running_return * dones[:, t]
+            self.running_return *= ~dones[:, t]
+        return ended
 
     # ------------------------------------------------------------------------------------------- update
     def _sequences(self, roll: dict, idx: torch.Tensor):
@@ -139,15 +174,16 @@ class PPOTrainer:
         """Epochs x minibatches of PPO on `roll`. success: the (global) rollout success rate, if known."""
         cfg, model = self.cfg, self.model
         adv, returns = gae(roll["rewards"], roll["values"], roll["dones"], roll["last_value"], cfg.gamma,
-                           cfg.gae_lambda)
+                           cfg.gae_lambda, truncated=roll["truncated"], final_values=roll["final_values"])
         n = cfg.num_envs
         mb = n // cfg.num_minibatches
         # Adam follows any consistent gradient whatever its weight, so an L1 penalty on the gate from the start
         # drives the writes to zero before the policy has learned to use them (the prototype's failure).
-        # It is switched on once the task is being solved.
+        # It is switched on once the task is being solved; without a success metric (success is NaN) only with
+        # gate_penalty_after = 0 (always).
         if success is None:
             success = self.rollout_stats(roll)["success"]
-        gate_coef = cfg.gate_coef if success >= cfg.gate_penalty_after else 0.0
+        gate_coef = cfg.gate_coef if cfg.gate_penalty_after == 0 or success >= cfg.gate_penalty_after else 0.0
         # Statistics and finite checks stay on the device until the end of the update: a host sync per minibatch
         # would stall the host until the GPU drains, so its kernel launches could not overlap the GPU's work.
         stats = {k: torch.zeros((), device=self.device) for k in ("approx_kl", "clipfrac", "pg_loss", "v_loss",
@@ -164,9 +200,8 @@ class PPOTrainer:
                 obs, reset, state, skip = self._sequences(roll, idx)
                 out = model.evaluate(obs, state, reset)
                 logits, values = out.logits[:, skip:], out.value[:, skip:]  # (b, T, A), (b, T)
-                logprobs = logits.log_softmax(-1)
-                new_logp = logprobs.gather(-1, roll["actions"][idx].unsqueeze(-1)).squeeze(-1)
-                entropy = -(logprobs.exp() * logprobs).sum(-1).mean()
+                new_logp = model.action_dist.log_prob(logits, roll["actions"][idx])  # (b, T), summed over components
+                entropy = model.action_dist.entropy(logits).mean()
                 logratio = new_logp - roll["logp"][idx]
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -233,11 +268,12 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------- loop
     def rollout_stats(self, roll: dict) -> dict:
-        """Episodes, mean return, success rate, gate mean of the rollout (over all ranks when distributed)."""
+        """Episodes, mean return, success rate (NaN without a success metric), gate mean of the rollout (over all
+        ranks when distributed). The return counts the rewards of the rollout's steps per episode ended in it."""
         dones = roll["dones"]
         episodes = int(dones.sum())
-        total = float(roll["rewards"].sum())
-        successes = float(roll["success"].sum())
+        total = float(roll["ended_return"].sum())
+        successes = float(roll["success"].sum()) if roll["success"] is not None else float("nan")
         if self.world > 1:  # sums of counts: exact in float64, so every rank takes the same decisions
             gate = roll["gate"]
             gate_sum, gate_n = (float(gate.double().sum()), gate.numel()) if gate is not None else (0.0, 0)
@@ -247,15 +283,17 @@ class PPOTrainer:
             gate_mean = gate_sum / gate_n if gate_n else float("nan")
         else:
             gate_mean = float(roll["gate"].mean()) if roll["gate"] is not None else float("nan")
-        return {"episodes": episodes, "return": total / max(episodes, 1), "success": successes / max(episodes, 1),
+        return {"episodes": episodes, "return": total / episodes if episodes else float("nan"),
+                "success": successes / max(episodes, 1),
                 "gate_mean": gate_mean}
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None, horizon: int | None = None) -> dict:
         """evaluate_policy on fresh episodes of `horizon` (default: the full cfg.horizon), plus "horizon"."""
         seed = self.cfg.seed * 100_003 + self.update_idx if seed is None else seed
         horizon = horizon or self.cfg.horizon
-        res = evaluate_policy(self.model, {**self.env_kwargs, "horizon": horizon}, episodes or self.cfg.eval_episodes,
-                              seed, self.device, env_name=self.cfg.env)
+        kwargs = {**self.env_kwargs, "horizon": horizon, "workers": 0}  # evaluation steps gymnasium envs in-process
+        res = evaluate_policy(self.model, kwargs, episodes or self.cfg.eval_episodes, seed, self.device,
+                              env_name=self.cfg.env)
         return {**res, "horizon": horizon}
 
     def train_step(self) -> dict:
@@ -285,18 +323,26 @@ class PPOTrainer:
                       "train_horizon": self.train_horizon})
         # evaluation at the current training horizon; only one at the full horizon can stop the run
         full = self.train_horizon >= cfg.horizon
-        if self.update_idx % cfg.eval_interval == 0 or (full and stats["success"] >= cfg.eval_trigger):
+        if self.update_idx % cfg.eval_interval == 0 or (full and stats["success"] >= cfg.eval_trigger):  # NaN: no
             t1 = time.perf_counter()
             self.last_eval = self.evaluate(horizon=self.train_horizon) if self.rank == 0 else None
             if self.world > 1:  # rank 0 evaluates; its result (and so the stop decision) goes to every rank
                 self.last_eval = dist.broadcast_object(self.last_eval)
             self.wall_time += time.perf_counter() - t1
-            stats["eval_success"], stats["eval_horizon"] = self.last_eval["success_rate"], self.train_horizon
-            self.solved = full and self.last_eval["success_rate"] >= cfg.target_success
+            ev = self.last_eval
+            stats["eval_return"], stats["eval_horizon"] = ev["mean_return"], self.train_horizon
+            if ev["success_rate"] is not None:
+                stats["eval_success"] = ev["success_rate"]
+            self.solved = full and ((ev["success_rate"] is not None and ev["success_rate"] >= cfg.target_success)
+                                    or ev["mean_return"] >= cfg.target_return)
         if not full and stats["success"] >= cfg.curriculum_success:  # curriculum: stage solved, lengthen episodes
             self.train_horizon = min(cfg.horizon, int(round(self.train_horizon * cfg.curriculum_factor)))
             self.env.set_horizon(self.train_horizon)
         return stats
+
+    def close(self) -> None:
+        """Release the env (a gymnasium AsyncVectorEnv's worker processes)."""
+        self.env.close()
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def _rank_state(self) -> dict:
@@ -304,8 +350,8 @@ class PPOTrainer:
         cpu = lambda d: {k: v.detach().clone().cpu() for k, v in d.items()}  # noqa: E731
         return {
             "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "env": self.env.state_dict(), "obs": self.obs.cpu(), "next_reset": self.next_reset.cpu(),
-            "state": cpu(self.state),
+            "env": self.env.state_dict() if self.env.checkpointable else None, "obs": self.obs.cpu(), "next_reset": self.next_reset.cpu(),
+            "state": cpu(self.state), "running_return": self.running_return.cpu(),
             "prefix": None if self.prefix is None else {"obs": self.prefix["obs"].cpu(),
                                                         "reset": self.prefix["reset"].cpu(),
                                                         "state": cpu(self.prefix["state"])},
@@ -332,13 +378,20 @@ class PPOTrainer:
         mine = ckpt["ranks"][self.rank] if self.world > 1 else ckpt
         self.gen.set_state(mine["gen"])
         torch.set_rng_state(mine["torch_rng"])
-        self.env.load_state_dict(mine["env"])
-        self.obs, self.next_reset = mine["obs"].to(dev), mine["next_reset"].to(dev)
-        self.state = {k: v.to(dev) for k, v in mine["state"].items()}
-        p = mine["prefix"]
-        self.prefix = None if p is None else {"obs": p["obs"].to(dev), "reset": p["reset"].to(dev),
-                                              "state": {k: v.to(dev) for k, v in p["state"].items()}}
         c = ckpt["counters"]
+        if mine["env"] is None:  # a gymnasium env's state was not saved: fresh episodes, re-seeded (not exact)
+            self.obs, _ = self.env.reset(seed=self.env_seed + 1_000_003 * int(c["update"]))
+            self.next_reset = torch.ones(self.cfg.num_envs, dtype=torch.bool, device=dev)
+            self.state, self.prefix = self.model.init_state(self.cfg.num_envs, dev), None
+            self.running_return = torch.zeros(self.cfg.num_envs, device=dev)
+        else:
+            self.env.load_state_dict(mine["env"])
+            self.obs, self.next_reset = mine["obs"].to(dev), mine["next_reset"].to(dev)
+            self.state = {k: v.to(dev) for k, v in mine["state"].items()}
+            self.running_return = mine["running_return"].to(dev)
+            p = mine["prefix"]
+            self.prefix = None if p is None else {"obs": p["obs"].to(dev), "reset": p["reset"].to(dev),
+                                                  "state": {k: v.to(dev) for k, v in p["state"].items()}}
         self.train_horizon = c["train_horizon"]
         self.update_idx, self.env_steps, self.wall_time = c["update"], c["env_steps"], c["wall_time"]
         self.solved, self.last_eval = c["solved"], c["last_eval"]
@@ -402,7 +455,8 @@ def load_policy(path: str, device="cpu"):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = Config(**{**ckpt["config"], "device": str(device)})
     env = make_env(cfg.env, num_envs=1, horizon=cfg.horizon, num_cues=cfg.num_cues, noise=cfg.noise)
-    model = build_model(cfg, env.single_observation_space.shape[0], env.single_action_space.n)
+    model = build_model(cfg, env.single_observation_space.shape[0], env.action_components)
+    env.close()
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
 

@@ -63,7 +63,8 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
     (["--num-envs", "0"], "--num-envs must be >= 1, got 0"),
     (["--num-envs", "12"], "--num-envs must be a multiple of num_minibatches (8), got 12"),
     (["--total-steps", "0"], "--total-steps must be >= 1, got 0"),
-    (["--env", "Maze"], "--env must be one of DelayedCue, TMaze, RepeatFirst, got 'Maze'"),
+    (["--env", "Maze"], "--env must be one of DelayedCue, TMaze, RepeatFirst, a registered gymnasium id or "
+                        "module:Class, got 'Maze'"),
     (["--controller", "rnn"], "--controller must be one of mamba2, gru, lstm, got 'rnn'"),
     (["--device", "gpu"], "--device must be one of auto, cpu, cuda, mps or cuda:N, got 'gpu'"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),

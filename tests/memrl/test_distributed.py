@@ -173,7 +173,7 @@ def test_cli_rank0_writes_and_checkpoint_holds_every_rank(dist_run):
     for key in ("gen", "torch_rng"):  # per-rank seeds: different action-sampling streams; own global RNG each
         assert key in ckpt["ranks"][1]
     assert not torch.equal(ckpt["ranks"][0]["gen"], ckpt["ranks"][1]["gen"])
-    assert not torch.equal(ckpt["ranks"][0]["env"]["rng"], ckpt["ranks"][1]["env"]["rng"])
+    assert not torch.equal(ckpt["ranks"][0]["env"]["generator"], ckpt["ranks"][1]["env"]["generator"])
     assert (run / "curves.png").exists()
 
 
