@@ -153,11 +153,10 @@ class PPOTrainer:
     def _ended_return(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
         """(N,): per env, the sum of the whole returns of its episodes that ended in this rollout ((N, T) rewards
         and dones; episodes begun in earlier rollouts included, via running_return)."""
-        ended = torch.zeros_like(self.running_return)
-        for t in range(rewards.shape[1]):
-            self.running_return += rewards[:, t]
-            ended += self.running_return * dones[:, t]
-            self.running_return *= ~dones[:, t]
+        counted = dones.int().flip(1).cummax(1).values.flip(1).bool()  # (N, T): an episode end at or after t
+        ended_any = counted[:, 0]  # (N,)
+        ended = self.running_return * ended_any + (rewards * counted).sum(1)
+        self.running_return = self.running_return * ~ended_any + (rewards * ~counted).sum(1)  # the open episode's
         return ended
 
     # ------------------------------------------------------------------------------------------- update

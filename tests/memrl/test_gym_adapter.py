@@ -269,3 +269,18 @@ def test_cartpole_learns(tmp_path):
     trainer.close()
     print("CartPole-v1 after", trainer.env_steps, "env steps:", res)
     assert res["mean_return"] >= 150, res
+
+
+def test_ended_return_by_hand():
+    """_ended_return sums each env's episodes that end in the rollout (the part begun earlier included) and carries
+    the open episode's rewards to the next rollout."""
+    trainer = PPOTrainer(_gym_cfg("gym_helpers:ChooseTwo", rollout_len=3, eval_interval=100))
+    trainer.running_return = torch.tensor([10.0, 0.0, 5.0] + [0.0] * (trainer.cfg.num_envs - 3))
+    rewards = torch.zeros(trainer.cfg.num_envs, 4)
+    dones = torch.zeros(trainer.cfg.num_envs, 4, dtype=torch.bool)
+    rewards[:3] = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    dones[0, 1] = True  # env 0: 10 + 1 + 2 ends; 3 + 4 stays open
+    dones[1, 0] = dones[1, 3] = True  # env 1: two episodes end: 1, then 1 + 1 + 1
+    ended = trainer._ended_return(rewards, dones)  # env 2: nothing ends, 5 + 8 stays open
+    assert ended[:3].tolist() == [13.0, 4.0, 0.0]
+    assert trainer.running_return[:3].tolist() == [7.0, 0.0, 13.0]
