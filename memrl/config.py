@@ -158,12 +158,12 @@ class Config:
     """Testing aid: poison a parameter with NaN before this update (0 = never)."""
 
     def __post_init__(self):
-        from .envs import ENVS, check_env_name  # the registries (imported here: `memrl --help` needs no torch)
+        from .envs import ENVS, POPGYM_PORTS, check_env_name  # the registries (here: `memrl --help` needs no torch)
         from .models.controllers import CONTROLLERS
         try:
             check_env_name(self.env)
         except ValueError as err:
-            detail = f"; {err}" if ":" in str(self.env) else ""
+            detail = f"; {err}" if ":" in str(self.env) or str(self.env).startswith("popgym-") else ""
             raise ConfigError("env", f"one of {', '.join(ENVS)}, a registered gymnasium id or module:Class{detail}",
                               self.env) from None
         if self.controller not in CONTROLLERS:
@@ -182,7 +182,7 @@ class Config:
         if isinstance(self.target_return, bool) or not isinstance(self.target_return, (int, float)) \
                 or math.isnan(self.target_return):
             raise ConfigError("target_return", "a number (inf: never stop on the return)", self.target_return)
-        if self.env_workers and self.env in ENVS:
+        if self.env_workers and (self.env in ENVS or self.env in POPGYM_PORTS):
             raise ConfigError("env_workers", f"0 for the torch-native env {self.env} (batched in one process)",
                               self.env_workers)
         if self.env == "TMaze" and self.num_cues != 2:
@@ -219,9 +219,16 @@ GYMNASIUM_DEFAULTS = {"num_envs": 16, "num_minibatches": 4, "rollout_len": 128, 
 
 def defaults_for(env: str) -> dict:
     """The Config values that differ from the dataclass defaults for this env: GYMNASIUM_DEFAULTS for a
-    gymnasium env, {} for a torch-native task."""
-    from .envs import ENVS
-    return {} if env in ENVS else dict(GYMNASIUM_DEFAULTS)
+    gymnasium env, {} for a torch-native task; a popgym port keeps Config's batch (512 envs) and, where all its
+    episodes have one length (the card games), gets rollouts of exactly one episode (episode-aligned, as the memory
+    tasks' rollouts are), else the 128-step rollouts of an env without a horizon knob."""
+    from .envs import ENVS, POPGYM_PORTS, make_env
+    if env in ENVS:
+        return {}
+    if env in POPGYM_PORTS:
+        length = make_env(env, num_envs=1).episode_length
+        return {"rollout_len": length} if length else {}
+    return dict(GYMNASIUM_DEFAULTS)
 
 
 def field_docs(cls=Config) -> dict[str, str]:
