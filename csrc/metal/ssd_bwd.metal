@@ -42,7 +42,7 @@ kernel void ssd_bwd_gate(device const float* dy [[buffer(0)]],
 kernel void ssd_state_pass_bwd(device float* dstates [[buffer(0)]],
                                device const float* gprev [[buffer(1)]],
                                device const float* hprev [[buffer(2)]],
-                               device const float* cs [[buffer(3)]],
+                               device const float2* cs [[buffer(3)]],
                                device const int* rc [[buffer(4)]],
                                device const float* dfinal [[buffer(5)]],
                                device float* dinit [[buffer(6)]],
@@ -59,7 +59,7 @@ kernel void ssd_state_pass_bwd(device float* dstates [[buffer(0)]],
         dstates[(bh * nc + nc - 1) * PN + e] = p.has_dfinal ? dfinal[bh * PN + e] : 0.0f;
     for (int c = nc - 1; c >= 0; --c) {
         const int last = ssd_sidx(p, b, h, c, SSD_Q - 1);
-        const float decay = rc[last] == 0 ? exp(cs[last]) : 0.0f;
+        const float decay = rc[last] == 0 ? exp(cs[last].x) : 0.0f;
         const int bc = (bh * nc + c) * PN;
         float part = 0.0f;
         for (int e = t; e < PN; e += SSD_EW_T) {
@@ -89,7 +89,7 @@ kernel void ssd_bwd_du(device const float* delta [[buffer(0)]],
                        device const in_t* B [[buffer(2)]],
                        device const float* cb [[buffer(3)]],
                        device const float* dtp [[buffer(4)]],
-                       device const float* cs [[buffer(5)]],
+                       device const float2* cs [[buffer(5)]],
                        device const int* rc [[buffer(6)]],
                        device const float* dstates [[buffer(7)]],
                        device const float* D [[buffer(8)]],
@@ -99,7 +99,7 @@ kernel void ssd_bwd_du(device const float* delta [[buffer(0)]],
                        uint3 tg [[threadgroup_position_in_grid]],
                        uint3 tid [[thread_position_in_threadgroup]]) {
     threadgroup float ds[SSD_Q][SSD_OP_PT];
-    threadgroup float css[SSD_Q];
+    threadgroup float2 css[SSD_Q];
     threadgroup int rcs[SSD_Q];
     threadgroup float bt[SSD_Q][SSD_TI + 1];
     threadgroup float dh[SSD_OP_PT][SSD_TI + 1];
@@ -120,10 +120,10 @@ kernel void ssd_bwd_du(device const float* delta [[buffer(0)]],
     float acc[SSD_OP_PJ], off[SSD_OP_PJ];
     for (int j = 0; j < SSD_OP_PJ; ++j) acc[j] = off[j] = 0.0f;
     device const float* cbm = cb + ((b * p.nchunks + c) * G + g) * SSD_Q * SSD_Q;
-    const float css_s = css[s];
+    const float2 css_s = css[s];
     const int rcs_s = rcs[s];
     for (int t = s; t < SSD_Q; ++t) {  // intra-chunk, transposed
-        const float coef = rcs[t] == rcs_s ? cbm[t * SSD_Q + s] * exp(css[t] - css_s) : 0.0f;
+        const float coef = rcs[t] == rcs_s ? cbm[t * SSD_Q + s] * exp(ssd_seg(css[t], css_s)) : 0.0f;
         for (int j = 0; j < SSD_OP_PJ; ++j) acc[j] += coef * ds[t][ty + j * SSD_OP_TY];
     }
     const device float* dhp = dstates + ((b * p.nheads + h) * p.nchunks + c) * P * N;
@@ -144,7 +144,7 @@ kernel void ssd_bwd_du(device const float* delta [[buffer(0)]],
         }
     }
     if (l >= p.seqlen) return;  // after the last barrier
-    const float w = rcs_s == rcs[SSD_Q - 1] ? exp(css[SSD_Q - 1] - css_s) : 0.0f;
+    const float w = rcs_s == rcs[SSD_Q - 1] ? exp(ssd_seg(css[SSD_Q - 1], css_s)) : 0.0f;
     const float dts = dtp[base + s];
     for (int j = 0; j < SSD_OP_PJ; ++j) {
         const int pidx = p0 + ty + j * SSD_OP_TY;
@@ -166,7 +166,7 @@ kernel void ssd_bwd_dbdc(device const float* delta [[buffer(0)]],
                          device const in_t* C [[buffer(3)]],
                          device const float* dux [[buffer(4)]],
                          device const float* dtp [[buffer(5)]],
-                         device const float* cs [[buffer(6)]],
+                         device const float2* cs [[buffer(6)]],
                          device const int* rc [[buffer(7)]],
                          device const float* hprev [[buffer(8)]],
                          device const float* dstates [[buffer(9)]],
@@ -177,7 +177,7 @@ kernel void ssd_bwd_dbdc(device const float* delta [[buffer(0)]],
                          uint3 tid [[thread_position_in_threadgroup]]) {
     threadgroup float bt[SSD_Q][SSD_TI];
     threadgroup float ctl[SSD_Q][SSD_TI];
-    threadgroup float css[SSD_Q];
+    threadgroup float2 css[SSD_Q];
     threadgroup float dts[SSD_Q];
     threadgroup int rcs[SSD_Q];
     const int n0 = tg.x * SSD_TI, c = tg.y, bh = tg.z, h = bh % p.nheads, b = bh / p.nheads;
@@ -204,24 +204,24 @@ kernel void ssd_bwd_dbdc(device const float* delta [[buffer(0)]],
     for (int j = 0; j < SSD_Q / SSD_DBC_TY; ++j) {
         const int t = ty + j * SSD_DBC_TY, l = c * SSD_Q + t;
         if (l >= p.seqlen || n >= N) continue;  // no barriers below
-        const float cst = css[t];
+        const float2 cst = css[t];
         const int rct = rcs[t];
         float dc = 0.0f, db = 0.0f;
         for (int s = 0; s <= t; ++s)
-            if (rcs[s] == rct) dc += exp(cst - css[s]) * dts[s] * dm[t * SSD_Q + s] * bt[s][tx];
+            if (rcs[s] == rct) dc += exp(ssd_seg(cst, css[s])) * dts[s] * dm[t * SSD_Q + s] * bt[s][tx];
         for (int t2 = t; t2 < SSD_Q; ++t2)
-            if (rcs[t2] == rct) db += exp(css[t2] - cst) * dm[t2 * SSD_Q + t] * ctl[t2][tx];
+            if (rcs[t2] == rct) db += exp(ssd_seg(css[t2], cst)) * dm[t2 * SSD_Q + t] * ctl[t2][tx];
         db *= dts[t];
         const int xr = ((b * p.seqlen + l) * p.nheads + h) * P;
         if (rct == 0) {
             float a = 0.0f;
             for (int pi = 0; pi < P; ++pi) a += hp[pi * N + n] * delta[xr + pi];
-            dc += exp(cst) * a;
+            dc += exp(cst.x) * a;
         }
         if (rct == rcs[SSD_Q - 1]) {
             float a = 0.0f;
             for (int pi = 0; pi < P; ++pi) a += dhp[pi * N + n] * float(x[xr + pi]);
-            db += exp(css[SSD_Q - 1] - cst) * dts[t] * a;
+            db += exp(ssd_seg(css[SSD_Q - 1], cst)) * dts[t] * a;
         }
         const int o = ((b * p.seqlen + l) * p.nheads + h) * N + n;
         dB_h[o] = db;
@@ -229,9 +229,11 @@ kernel void ssd_bwd_dbdc(device const float* delta [[buffer(0)]],
     }
 }
 
-// grid (nchunks, H, batch) x threadgroup (SSD_Q): thread t forms d(cs_t) from every place cs enters
-// (intra-chunk decays, the state entering the chunk, the chunk's end state, the chunk decay), then
-// da = reverse cumsum within the chunk, ddtp = x.du + da A, and the raw-dt gradient through clamp/softplus.
+// grid (nchunks, H, batch) x threadgroup (SSD_Q): thread t forms da_t = d/d(dtp_t A) from every place the
+// log decay enters (intra-chunk decays, the state entering the chunk, the chunk's end state, the chunk
+// decay), each as a direct sum of terms whose decay spans step t (no difference of large sums, so da_t
+// keeps its precision when |dt*A| is large), then ddtp = x.du + da A, and the raw-dt gradient through
+// clamp/softplus.
 kernel void ssd_bwd_dcs(device const float* delta [[buffer(0)]],
                         device const in_t* x [[buffer(1)]],
                         device const in_t* B [[buffer(2)]],
@@ -242,7 +244,7 @@ kernel void ssd_bwd_dcs(device const float* delta [[buffer(0)]],
                         device const float* dux [[buffer(7)]],
                         device const float* cb [[buffer(8)]],
                         device const float* dtp [[buffer(9)]],
-                        device const float* cs [[buffer(10)]],
+                        device const float2* cs [[buffer(10)]],
                         device const int* rc [[buffer(11)]],
                         device const float* hprev [[buffer(12)]],
                         device const float* dstates [[buffer(13)]],
@@ -253,7 +255,7 @@ kernel void ssd_bwd_dcs(device const float* delta [[buffer(0)]],
                         constant SsdParams& p [[buffer(18)]],
                         uint3 tg [[threadgroup_position_in_grid]],
                         uint3 tid [[thread_position_in_threadgroup]]) {
-    threadgroup float css[SSD_Q];
+    threadgroup float2 css[SSD_Q];
     threadgroup float dts[SSD_Q];
     threadgroup float vs[SSD_Q];
     threadgroup float dcs[SSD_Q];
@@ -269,13 +271,18 @@ kernel void ssd_bwd_dcs(device const float* delta [[buffer(0)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
     device const float* dm = dux + ((b * p.nchunks + c) * p.nheads + h) * SSD_Q * SSD_Q;
     device const float* cbm = cb + ((b * p.nchunks + c) * G + g) * SSD_Q * SSD_Q;
-    const float cst = css[t];
+    const float2 cst = css[t];
     const int rct = rcs[t];
-    float row = 0.0f, col = 0.0f;
-    for (int s = 0; s <= t; ++s)
-        if (rcs[s] == rct) row += exp(cst - css[s]) * dts[s] * dm[t * SSD_Q + s] * cbm[t * SSD_Q + s];
-    for (int t2 = t; t2 < SSD_Q; ++t2)
-        if (rcs[t2] == rct) col += exp(css[t2] - cst) * dts[t] * dm[t2 * SSD_Q + t] * cbm[t2 * SSD_Q + t];
+    // Intra-chunk part of da_t, summed directly over the pairs whose decay spans step t (s < t <= t2) of
+    // M[t2,s] = L_{t2,s} dtp_s DUX[t2,s] CB[t2,s]. (As the reverse cumsum of d(cs) = rowsum(M) - colsum(M)
+    // it is a difference of large terms: pairs with both ends at or after t cancel, and with |dt*A| large
+    // what is left is far below their rounding.) rc is non-decreasing, so rc_s == rc_t2 implies == rc_t.
+    float pair = 0.0f;
+    for (int t2 = t; t2 < SSD_Q; ++t2) {
+        if (rcs[t2] != rct) continue;
+        for (int s = 0; s < t; ++s)
+            if (rcs[s] == rct) pair += exp(ssd_seg(css[t2], css[s])) * dts[s] * dm[t2 * SSD_Q + s] * cbm[t2 * SSD_Q + s];
+    }
     float yoff = 0.0f, v = 0.0f, xdu = 0.0f;
     if (valid) {
         const int xr = ((b * p.seqlen + l) * p.nheads + h) * P;
@@ -293,20 +300,18 @@ kernel void ssd_bwd_dcs(device const float* delta [[buffer(0)]],
             v += xv * db;
             xdu += xv * du[xr + pi];
         }
-        yoff = rct == 0 ? exp(cst) * yoff : 0.0f;
-        v = rct == rcs[SSD_Q - 1] ? exp(css[SSD_Q - 1] - cst) * dts[t] * v : 0.0f;
+        yoff = rct == 0 ? exp(cst.x) * yoff : 0.0f;
+        v = rct == rcs[SSD_Q - 1] ? exp(ssd_seg(css[SSD_Q - 1], cst)) * dts[t] * v : 0.0f;
     }
     vs[t] = v;
+    dcs[t] = yoff;
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    float d = row - col + yoff - v;
-    if (t == SSD_Q - 1) {
-        for (int k = 0; k < SSD_Q; ++k) d += vs[k];
-        d += ddecay[bh * p.nchunks + c];
-    }
-    dcs[t] = d;
-    threadgroup_barrier(mem_flags::mem_threadgroup);
-    float da = 0.0f;
+    // da_t = d/d(dtp_t A) = sum_{k >= t} d(cs_k). The state entering the chunk gives sum_{k >= t} yoff_k; the
+    // chunk's end state enters d(cs_k) as -v_k and the chunk's end as +sum_j v_j + ddecay: summed directly,
+    // sum_{j < t} v_j + ddecay (the form of the Triton backward), not a difference of large sums.
+    float da = pair + ddecay[bh * p.nchunks + c];
     for (int k = t; k < SSD_Q; ++k) da += dcs[k];
+    for (int j = 0; j < t; ++j) da += vs[j];
     dA_part[base + t] = da * dts[t];
     if (!valid) return;
     float gr = xdu + da * A[h];

@@ -6,6 +6,10 @@
 //   ssd_chunk_output y = intra-chunk (CB masked by decays) + C . H_{c-1} + D x, gated by silu(z)
 // Layouts (contiguous): x, z, y (batch, L, H, P); dt (batch, L, H); B, C (batch, L, G, N);
 // per-chunk scalars (batch, H, nchunks, Q); states (batch, H, nchunks, P, N); all arithmetic in fp32.
+// The cumulative log decay cs is a double-float (hi, lo) pair (float2): its fp32 `hi` alone loses the
+// segment sums cs_t - cs_s when |dt*A| is large (cs in the thousands, differences of order one), so every
+// difference is taken as ssd_seg(a, b) = (a.hi - b.hi) + (a.lo - b.lo); exp of an absolute cs uses hi.
+// This needs IEEE float addition (no reassociation): the glue compiles the library with fast math off.
 #ifndef MAMBA_COMPAT_SSD_FWD_METAL
 #define MAMBA_COMPAT_SSD_FWD_METAL
 #include <metal_stdlib>
@@ -22,24 +26,37 @@ inline float ssd_softplus(float v) { return v > 20.0f ? v : log(1.0f + exp(v)); 
 
 inline float ssd_sigmoid(float v) { return 1.0f / (1.0f + exp(-v)); }
 
+// Double-float addition (Knuth's two-sum, then a fast renormalization): (a.x + a.y) + (b.x + b.y) to about
+// 2^-44 relative, in IEEE fp32 arithmetic.
+inline float2 ssd_dd_add(float2 a, float2 b) {
+    const float s = a.x + b.x;
+    const float bb = s - a.x;
+    const float e = (a.x - (s - bb)) + (b.x - bb) + a.y + b.y;
+    const float hi = s + e;
+    return float2(hi, e - (hi - s));
+}
+
+// The segment sum cs_a - cs_b of two double-float cumsums (the log decay from position b to a).
+inline float ssd_seg(float2 a, float2 b) { return (a.x - b.x) + (a.y - b.y); }
+
 // Index of per-chunk scalar (dtp, cs, rc) for (b, h, c, t).
 inline int ssd_sidx(constant SsdParams& p, int b, int h, int c, int t) {
     return ((b * p.nheads + h) * p.nchunks + c) * SSD_Q + t;
 }
 
 // grid (nchunks, H, batch) x threadgroup (SSD_Q): dtp = processed dt (0 past the end), cs = inclusive
-// cumsum of dtp*A within the chunk, rc = number of seq_idx changes within the chunk up to t.
+// cumsum of dtp*A within the chunk (double-float, each step of the scan a ssd_dd_add), rc = number of seq_idx changes within the chunk up to t.
 kernel void ssd_dt_cumsum(device const float* dt [[buffer(0)]],
                           device const float* A [[buffer(1)]],
                           device const float* dt_bias [[buffer(2)]],
                           device const int* seq_idx [[buffer(3)]],
                           device float* dtp [[buffer(4)]],
-                          device float* cs [[buffer(5)]],
+                          device float2* cs [[buffer(5)]],
                           device int* rc [[buffer(6)]],
                           constant SsdParams& p [[buffer(7)]],
                           uint3 tg [[threadgroup_position_in_grid]],
                           uint3 tid [[thread_position_in_threadgroup]]) {
-    threadgroup float sa[2][SSD_Q];
+    threadgroup float2 sa[2][SSD_Q];
     threadgroup int sr[2][SSD_Q];
     const int c = tg.x, h = tg.y, b = tg.z, t = tid.x;
     const int l = c * SSD_Q + t;
@@ -52,15 +69,15 @@ kernel void ssd_dt_cumsum(device const float* dt [[buffer(0)]],
         if (p.has_limit) v = min(max(v, p.dt_min), p.dt_max);
         if (p.has_seq && l > 0) chg = seq_idx[b * p.seqlen + l] != seq_idx[b * p.seqlen + l - 1] ? 1 : 0;
     }
-    sa[0][t] = v * A[h];
+    sa[0][t] = float2(v * A[h], 0.0f);
     sr[0][t] = chg;
     threadgroup_barrier(mem_flags::mem_threadgroup);
     int cur = 0;
     for (int off = 1; off < SSD_Q; off <<= 1) {  // Hillis-Steele inclusive scan, double-buffered
-        float a = sa[cur][t];
+        float2 a = sa[cur][t];
         int r = sr[cur][t];
         if (t >= off) {
-            a += sa[cur][t - off];
+            a = ssd_dd_add(sa[cur][t - off], a);
             r += sr[cur][t - off];
         }
         sa[1 - cur][t] = a;
@@ -128,7 +145,7 @@ kernel void ssd_bmm_chunk(device const in_t* row [[buffer(0)]],
 kernel void ssd_chunk_state(device const in_t* X [[buffer(0)]],
                             device const in_t* Y [[buffer(1)]],
                             device const float* dtp [[buffer(2)]],
-                            device const float* cs [[buffer(3)]],
+                            device const float2* cs [[buffer(3)]],
                             device const int* rc [[buffer(4)]],
                             device float* out [[buffer(5)]],
                             constant SsdParams& p [[buffer(6)]],
@@ -142,7 +159,7 @@ kernel void ssd_chunk_state(device const in_t* X [[buffer(0)]],
     const int tx = tid.x, ty = tid.y, lin = ty * SSD_CS_TN + tx, nthr = SSD_CS_TN * SSD_CS_TY;
     const int P = p.headdim, N = p.dstate, G = p.ngroups;
     const int base = ssd_sidx(p, b, h, c, 0);
-    const float cs_last = cs[base + SSD_Q - 1];
+    const float2 cs_last = cs[base + SSD_Q - 1];
     const int rc_last = rc[base + SSD_Q - 1];
     for (int e = lin; e < SSD_Q * SSD_CS_PT; e += nthr) {
         const int s = e / SSD_CS_PT, pp = e % SSD_CS_PT, l = c * SSD_Q + s;
@@ -151,8 +168,8 @@ kernel void ssd_chunk_state(device const in_t* X [[buffer(0)]],
     for (int e = lin; e < SSD_Q * SSD_CS_TN; e += nthr) {
         const int s = e / SSD_CS_TN, nn = e % SSD_CS_TN, l = c * SSD_Q + s;
         float w;
-        if (p.mode == 0) w = rc[base + s] == rc_last ? dtp[base + s] * exp(cs_last - cs[base + s]) : 0.0f;
-        else w = rc[base + s] == 0 ? exp(cs[base + s]) : 0.0f;
+        if (p.mode == 0) w = rc[base + s] == rc_last ? dtp[base + s] * exp(ssd_seg(cs_last, cs[base + s])) : 0.0f;
+        else w = rc[base + s] == 0 ? exp(cs[base + s].x) : 0.0f;
         ys[s][nn] = (l < p.seqlen && n0 + nn < N) ? w * float(Y[((b * p.seqlen + l) * G + g) * N + n0 + nn]) : 0.0f;
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -173,7 +190,7 @@ kernel void ssd_chunk_state(device const in_t* X [[buffer(0)]],
 // In place: states[c] holds S_c on entry and the state entering chunk c (H_{c-1}) on exit.
 kernel void ssd_state_pass(device float* states [[buffer(0)]],
                            device const float* init [[buffer(1)]],
-                           device const float* cs [[buffer(2)]],
+                           device const float2* cs [[buffer(2)]],
                            device const int* rc [[buffer(3)]],
                            device float* final_states [[buffer(4)]],
                            constant SsdParams& p [[buffer(5)]],
@@ -189,7 +206,7 @@ kernel void ssd_state_pass(device float* states [[buffer(0)]],
         const float sc = states[idx];
         states[idx] = hs;
         const int last = ssd_sidx(p, b, h, c, SSD_Q - 1);
-        const float decay = rc[last] == 0 ? exp(cs[last]) : 0.0f;
+        const float decay = rc[last] == 0 ? exp(cs[last].x) : 0.0f;
         hs = decay * hs + sc;
     }
     final_states[bh * PN + e] = hs;
@@ -203,7 +220,7 @@ kernel void ssd_chunk_output(device const in_t* x [[buffer(0)]],
                              device const in_t* C [[buffer(1)]],
                              device const float* cb [[buffer(2)]],
                              device const float* dtp [[buffer(3)]],
-                             device const float* cs [[buffer(4)]],
+                             device const float2* cs [[buffer(4)]],
                              device const int* rc [[buffer(5)]],
                              device const float* prev [[buffer(6)]],
                              device const float* D [[buffer(7)]],
@@ -213,7 +230,7 @@ kernel void ssd_chunk_output(device const in_t* x [[buffer(0)]],
                              uint3 tg [[threadgroup_position_in_grid]],
                              uint3 tid [[thread_position_in_threadgroup]]) {
     threadgroup float us[SSD_Q][SSD_OP_PT];
-    threadgroup float css[SSD_Q];
+    threadgroup float2 css[SSD_Q];
     threadgroup int rcs[SSD_Q];
     threadgroup float ct[SSD_Q][SSD_TI + 1];
     threadgroup float ht[SSD_OP_PT][SSD_TI + 1];
@@ -235,10 +252,10 @@ kernel void ssd_chunk_output(device const in_t* x [[buffer(0)]],
     float acc[SSD_OP_PJ], off[SSD_OP_PJ];
     for (int j = 0; j < SSD_OP_PJ; ++j) acc[j] = off[j] = 0.0f;
     device const float* cbrow = cb + ((b * p.nchunks + c) * G + g) * SSD_Q * SSD_Q + t * SSD_Q;
-    const float cst = css[t];
+    const float2 cst = css[t];
     const int rct = rcs[t];
     for (int s = 0; s <= t; ++s) {  // intra-chunk (diagonal block)
-        const float coef = rcs[s] == rct ? cbrow[s] * exp(cst - css[s]) : 0.0f;
+        const float coef = rcs[s] == rct ? cbrow[s] * exp(ssd_seg(cst, css[s])) : 0.0f;
         for (int j = 0; j < SSD_OP_PJ; ++j) acc[j] += coef * us[s][ty + j * SSD_OP_TY];
     }
     const device float* hp = prev + ((b * p.nheads + h) * p.nchunks + c) * P * N;
@@ -259,7 +276,7 @@ kernel void ssd_chunk_output(device const in_t* x [[buffer(0)]],
         }
     }
     if (l >= p.seqlen) return;  // after the last barrier
-    const float wo = rct == 0 ? exp(cst) : 0.0f;
+    const float wo = rct == 0 ? exp(cst.x) : 0.0f;
     for (int j = 0; j < SSD_OP_PJ; ++j) {
         const int pidx = p0 + ty + j * SSD_OP_TY;
         if (pidx >= P) continue;

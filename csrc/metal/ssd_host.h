@@ -76,7 +76,7 @@ Scratch<typename Dev::Buf> forward_core(Dev& dev, const SsdParams& p, const SsdI
     using Buf = typename Dev::Buf;
     Scratch<Buf> s;
     s.dtp = dev.alloc(4 * n_scalars(p));
-    s.cs = dev.alloc(4 * n_scalars(p));
+    s.cs = dev.alloc(8 * n_scalars(p));  // float2: double-float (hi, lo) cumsum
     s.rc = dev.alloc(4 * n_scalars(p));
     s.cb = dev.alloc(4 * n_gram(p, p.ngroups));
     s.states = dev.alloc(4 * n_states(p));

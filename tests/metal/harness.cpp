@@ -43,6 +43,7 @@ struct ShimDev {
         if (!err.empty()) return;
         auto F = [&](int i) { return (float*)b[i]; };
         auto I = [&](int i) { return (int*)b[i]; };
+        auto F2 = [&](int i) { return (float2*)b[i]; };  // the double-float cumsum cs
         auto X = [&](int i) { return (in_t*)b[i]; };
         auto need = [&](size_t n) {
             if (b.size() != n) err = std::string(name) + ": launch plan binds " + std::to_string(b.size()) +
@@ -57,21 +58,21 @@ struct ShimDev {
         (void)bytes;
         if (k == "ssd_dt_cumsum" && need(7))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_dt_cumsum(F(0), F(1), F(2), I(3), F(4), F(5), I(6), sp, g, t);
+                ssd_dt_cumsum(F(0), F(1), F(2), I(3), F(4), F2(5), I(6), sp, g, t);
             });
         else if (k == "ssd_bmm_chunk" && need(3))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned sg) { ssd_bmm_chunk(X(0), X(1), F(2), sp, g, t, sg); });
         else if (k == "ssd_chunk_state" && need(6))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_chunk_state(X(0), X(1), F(2), F(3), I(4), F(5), sp, g, t);
+                ssd_chunk_state(X(0), X(1), F(2), F2(3), I(4), F(5), sp, g, t);
             });
         else if (k == "ssd_state_pass" && need(5))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_state_pass(F(0), F(1), F(2), I(3), F(4), sp, g, t);
+                ssd_state_pass(F(0), F(1), F2(2), I(3), F(4), sp, g, t);
             });
         else if (k == "ssd_chunk_output" && need(10))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_chunk_output(X(0), X(1), F(2), F(3), F(4), I(5), F(6), F(7), X(8), X(9), sp, g, t);
+                ssd_chunk_output(X(0), X(1), F(2), F(3), F2(4), I(5), F(6), F(7), X(8), X(9), sp, g, t);
             });
         else if (k == "ssd_bwd_gate" && need(7))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
@@ -79,19 +80,19 @@ struct ShimDev {
             });
         else if (k == "ssd_state_pass_bwd" && need(8))
             run(L, [&](uint3 g, uint3 t, unsigned lane, unsigned sg) {
-                ssd_state_pass_bwd(F(0), F(1), F(2), F(3), I(4), F(5), F(6), F(7), sp, g, t, lane, sg);
+                ssd_state_pass_bwd(F(0), F(1), F(2), F2(3), I(4), F(5), F(6), F(7), sp, g, t, lane, sg);
             });
         else if (k == "ssd_bwd_du" && need(11))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_du(F(0), X(1), X(2), F(3), F(4), F(5), I(6), F(7), F(8), F(9), F(10), sp, g, t);
+                ssd_bwd_du(F(0), X(1), X(2), F(3), F(4), F2(5), I(6), F(7), F(8), F(9), F(10), sp, g, t);
             });
         else if (k == "ssd_bwd_dbdc" && need(12))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_dbdc(F(0), X(1), X(2), X(3), F(4), F(5), F(6), I(7), F(8), F(9), F(10), F(11), sp, g, t);
+                ssd_bwd_dbdc(F(0), X(1), X(2), X(3), F(4), F(5), F2(6), I(7), F(8), F(9), F(10), F(11), sp, g, t);
             });
         else if (k == "ssd_bwd_dcs" && need(18))
             run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_dcs(F(0), X(1), X(2), X(3), F(4), F(5), F(6), F(7), F(8), F(9), F(10), I(11), F(12), F(13),
+                ssd_bwd_dcs(F(0), X(1), X(2), X(3), F(4), F(5), F(6), F(7), F(8), F(9), F2(10), I(11), F(12), F(13),
                             F(14), F(15), F(16), F(17), sp, g, t);
             });
         else if (k == "ssd_state_update" && need(11))
