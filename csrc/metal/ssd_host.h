@@ -6,6 +6,7 @@
 // where the params are bound at the index after the last buffer.
 #pragma once
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "ssd_params.h"
@@ -59,6 +60,31 @@ inline size_t n_states(const SsdParams& p) {
     return (size_t)p.batch * p.nheads * p.nchunks * p.headdim * p.dstate;
 }
 inline size_t n_gram(const SsdParams& p, int k) { return (size_t)p.batch * p.nchunks * k * SSD_Q * SSD_Q; }
+
+// The kernels index with 32-bit ints: every buffer the plan touches (inputs, outputs and scratch) must hold
+// fewer than 2^31 elements. Returns "" or a message naming the first buffer over the limit and the shape.
+inline std::string size_error(const SsdParams& p) {
+    const size_t b = p.batch, L = p.seqlen, H = p.nheads, P = p.headdim, G = p.ngroups, N = p.dstate;
+    const struct { const char* name; size_t n; } bufs[] = {
+        {"x / z / y / dx (batch*L*H*P)", b * L * H * P},
+        {"B / C (batch*L*G*N)", b * L * G * N},
+        {"dB / dC per head (batch*L*H*N)", b * L * H * N},
+        {"dt (batch*L*H)", b * L * H},
+        {"per-chunk scalars dtp / cs / rc / dA_part (batch*H*nchunks*Q)", n_scalars(p)},
+        {"chunk states / their gradients (batch*H*nchunks*P*N)", n_states(p)},
+        {"C.B^T per chunk (batch*nchunks*G*Q*Q)", n_gram(p, p.ngroups)},
+        {"dy.x^T per chunk, dux (batch*nchunks*H*Q*Q)", n_gram(p, p.nheads)},
+        {"initial / final states (batch*H*P*N)", b * H * P * N},
+    };
+    for (const auto& e : bufs)
+        if (e.n >= (size_t(1) << 31))
+            return std::string("buffer ") + e.name + " would hold " + std::to_string(e.n) +
+                   " elements (kernels index with 32-bit ints, limit 2^31) for batch=" + std::to_string(p.batch) +
+                   " seqlen=" + std::to_string(p.seqlen) + " nheads=" + std::to_string(p.nheads) +
+                   " headdim=" + std::to_string(p.headdim) + " ngroups=" + std::to_string(p.ngroups) +
+                   " dstate=" + std::to_string(p.dstate) + " (chunk length " + std::to_string(SSD_Q) + ")";
+    return "";
+}
 
 template <class Buf>
 struct SsdInputs {  // fp32 except x/B/C/z (in_t of the library); seq int32; absent = Dev::null()

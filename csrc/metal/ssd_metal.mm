@@ -53,6 +53,20 @@ std::string in_type_name(at::ScalarType t) {
     return "";
 }
 
+void set_ieee_math(MTLCompileOptions* opts) {
+#if defined(__MAC_15_0) && __MAC_OS_X_VERSION_MAX_ALLOWED >= __MAC_15_0
+    if (@available(macOS 15.0, *)) {
+        opts.mathMode = MTLMathModeSafe;
+        opts.mathFloatingPointFunctions = MTLMathFloatingPointFunctionsPrecise;
+        return;
+    }
+#endif
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+    opts.fastMathEnabled = NO;
+#pragma clang diagnostic pop
+}
+
 // Caller holds L.mu.
 id<MTLLibrary> library_locked(Libraries& L, const std::string& in_t) {
     auto it = L.libs.find(in_t);
@@ -61,6 +75,11 @@ id<MTLLibrary> library_locked(Libraries& L, const std::string& in_t) {
     TORCH_CHECK(L.device != nil, "mamba_compat._metal: no Metal device");
     MTLCompileOptions* opts = [MTLCompileOptions new];
     opts.preprocessorMacros = @{@"SSD_IN_T" : [NSString stringWithUTF8String:in_t.c_str()]};
+    // Math mode pinned to IEEE ("safe"), not the default fast math: the double-float cumsum of the kernels
+    // (ssd_dd_add / ssd_seg in ssd_fwd.metal) relies on additions not being reassociated, and precise
+    // exp/log keep the decays as the tests measured them. mathMode exists from macOS 15 (SDK 15); before,
+    // fastMathEnabled = NO means the same (Apple: it sets mathMode to safe).
+    set_ieee_math(opts);
     NSError* err = nil;
     id<MTLLibrary> lib = [L.device newLibraryWithSource:[NSString stringWithUTF8String:msl_text().c_str()]
                                                 options:opts
@@ -88,6 +107,9 @@ id<MTLComputePipelineState> pipeline(const std::string& in_t, const char* name, 
         pso = [L.device newComputePipelineStateWithFunction:fn error:&err];
         TORCH_CHECK(pso != nil, "mamba_compat._metal: pipeline for ", name, " failed: ",
                     err ? [[err localizedDescription] UTF8String] : "unknown error");
+        TORCH_CHECK(pso.staticThreadgroupMemoryLength <= L.device.maxThreadgroupMemoryLength,
+                    "mamba_compat._metal: ", name, " needs ", (long)pso.staticThreadgroupMemoryLength,
+                    " bytes of threadgroup memory, this GPU allows ", (long)L.device.maxThreadgroupMemoryLength);
         TORCH_CHECK(pso.threadExecutionWidth == SSD_SIMD, "mamba_compat._metal: kernels assume a SIMD width of ",
                     SSD_SIMD, ", this GPU has ", (long)pso.threadExecutionWidth);
         L.psos[key] = pso;
@@ -214,10 +236,13 @@ SsdParams params_for(const at::Tensor& x, const at::Tensor& B, const c10::option
     TORCH_CHECK(x.dim() == 4 && B.dim() == 4, "mamba_compat._metal: x and B must be 4-D");
     const int64_t numel = x.numel() > B.numel() ? x.numel() : B.numel();
     TORCH_CHECK(numel < (int64_t(1) << 31), "mamba_compat._metal: tensors above 2^31 elements are not supported");
-    return ssd_host::make_params((int)x.size(0), (int)x.size(1), (int)x.size(2), (int)x.size(3), (int)B.size(2),
-                                 (int)B.size(3), D.has_value(), true, z.has_value(), dt_bias.has_value(),
-                                 init.has_value(), seq.has_value(), softplus, has_limit, (float)dt_min,
-                                 (float)dt_max, has_dfinal);
+    SsdParams p = ssd_host::make_params((int)x.size(0), (int)x.size(1), (int)x.size(2), (int)x.size(3),
+                                        (int)B.size(2), (int)B.size(3), D.has_value(), true, z.has_value(),
+                                        dt_bias.has_value(), init.has_value(), seq.has_value(), softplus,
+                                        has_limit, (float)dt_min, (float)dt_max, has_dfinal);
+    const std::string size_err = ssd_host::size_error(p);  // every buffer, scratch included, < 2^31 elements
+    TORCH_CHECK(size_err.empty(), "mamba_compat._metal: ", size_err);
+    return p;
 }
 
 // ---- ops -----------------------------------------------------------------------------------------------
@@ -286,6 +311,9 @@ at::Tensor state_update(const at::Tensor& state, const at::Tensor& x, const at::
     check_opt(idx, "state_batch_indices", at::kInt);
     TORCH_CHECK(state.dim() == 4 && x.dim() == 3 && B.dim() == 3, "mamba_compat._metal: state_update shapes");
     const int H = (int)x.size(1), G = (int)B.size(1);
+    for (auto& [t, n] : std::vector<std::pair<const at::Tensor*, const char*>>{{&state, "state"}, {&A, "A"}})
+        TORCH_CHECK(t->numel() < (int64_t(1) << 31), "mamba_compat._metal: ", n, " has ", t->numel(),
+                    " elements, the kernels index with 32-bit ints (limit 2^31)");
     SuParams p{(int)x.size(0), H, (int)x.size(2), (int)B.size(2), G, H / G, D.has_value(), z.has_value(),
                dt_bias.has_value(), softplus, idx.has_value()};
     at::Tensor out = at::empty_like(x);

@@ -7,9 +7,14 @@
 // Chunk length of the Metal kernels (positions per threadgroup tile). A compile-time constant because
 // threadgroup arrays need static sizes; the caller's chunk_size does not change the result (only the
 // rounding), so the Metal backend always uses this one. Tests also build with -DSSD_Q=16. A multiple of 8
-// (simdgroup 8x8 tiles) with SSD_Q * SSD_BMM_TY a multiple of 32 and SSD_Q <= 256.
+// (simdgroup 8x8 tiles; then SSD_Q * SSD_BMM_TY is a multiple of 32) and at most 64: the largest
+// threadgroup footprint, ssd_bmm_chunk's two (SSD_Q x SSD_BMM_LD) float tiles, is 288 * SSD_Q bytes and
+// Apple GPUs allow 32 KB per threadgroup (tests/metal/test_metal_static.py sums every kernel's arrays).
 #ifndef SSD_Q
 #define SSD_Q 64
+#endif
+#if SSD_Q % 8 != 0 || SSD_Q < 8 || SSD_Q > 64
+#error "SSD_Q must be a multiple of 8 in [8, 64] (threadgroup memory of the kernels <= 32 KB)"
 #endif
 
 #define SSD_SIMD 32            // Apple GPU SIMD-group width (checked by the glue at run time)

@@ -118,6 +118,16 @@ int shim_chunk_len() { return SSD_Q; }
 
 int shim_in_size() { return (int)sizeof(in_t); }  // 4: float build, 2: half build
 
+// The glue's size check (ssd_host::size_error) for a shape, without allocating anything: 0 = accepted,
+// 1 = refused with the message in err.
+int shim_size_error(long batch, long L, long H, long P, long G, long N, char* err, int errlen) {
+    SsdParams p = ssd_host::make_params((int)batch, (int)L, (int)H, (int)P, (int)G, (int)N, false, true, false,
+                                        false, false, false, false, false, 0.0f, 0.0f, false);
+    const std::string e = ssd_host::size_error(p);
+    std::snprintf(err, (size_t)errlen, "%s", e.c_str());
+    return e.empty() ? 0 : 1;
+}
+
 // D is (H, P) (callers expand a per-head D); absent tensors are NULL.
 int shim_ssd_fwd(int batch, int L, int H, int P, int G, int N, int softplus, int has_limit, float dt_min,
                  float dt_max, int reverse, void* x, void* dt, void* A, void* B, void* C, void* D, void* z,
@@ -127,7 +137,8 @@ int shim_ssd_fwd(int batch, int L, int H, int P, int G, int N, int softplus, int
     SsdParams p = ssd_host::make_params(batch, L, H, P, G, N, D, true, z, dt_bias, init, seq, softplus, has_limit,
                                         dt_min, dt_max, false);
     ssd_host::SsdInputs<void*> in{x, dt, A, B, C, D, z, dt_bias, init, seq};
-    ssd_host::ssd_forward(dev, p, in, y, final_states);
+    if (dev.err.empty()) dev.err = ssd_host::size_error(p);
+    if (dev.err.empty()) ssd_host::ssd_forward(dev, p, in, y, final_states);
     return finish(dev, err, errlen);
 }
 
@@ -145,7 +156,8 @@ int shim_ssd_bwd(int batch, int L, int H, int P, int G, int N, int softplus, int
                                         dt_min, dt_max, dfinal);
     ssd_host::SsdInputs<void*> in{x, dt, A, B, C, D, z, dt_bias, init, seq};
     ssd_host::SsdGrads<void*> g{dx, ddt, dA_part, dB_h, dC_h, dDx, dz, dinit};
-    ssd_host::ssd_backward(dev, p, in, dy, dfinal, g);
+    if (dev.err.empty()) dev.err = ssd_host::size_error(p);
+    if (dev.err.empty()) ssd_host::ssd_backward(dev, p, in, dy, dfinal, g);
     return finish(dev, err, errlen);
 }
 
