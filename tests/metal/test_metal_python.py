@@ -81,10 +81,39 @@ def test_python_half_inputs_stay_half(fake):
     assert_close("final", fin.numpy(), fin_ref.numpy(), rtol=1e-4)
 
 
-def test_python_bfloat16_falls_back_to_fp32_without_metal_bfloat(fake):
+def test_python_bfloat16_falls_back_to_fp32_without_metal_bfloat(fake, monkeypatch):
+    """Without Metal bfloat, bf16 inputs run in fp32: said once per process by a warning, not silently."""
+    import warnings
+
+    monkeypatch.setattr(ssd_metal, "_WARNED_FP32", set())
+    monkeypatch.setattr(ssd_metal, "_BFLOAT_OK", {})  # keyed by id(extension): no stale entry of another fake
     inp = make_inputs(24, 1, 20, 2, 8, 1, 16)
-    y, _ = _call(ssd_metal.ssd_fwd, _torch_inputs(inp, torch.bfloat16))
+    t = _torch_inputs(inp, torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match=r"torch.bfloat16 inputs are converted to float32 .*macOS 14"):
+        y, _ = _call(ssd_metal.ssd_fwd, t)
     assert fake.calls[-1] == ("ssd_fwd", torch.float32) and y.dtype == torch.bfloat16
+    t64 = {k: (None if v is None else (v.double() if v.is_floating_point() else v)) for k, v in t.items()}
+    y_ref, _ = _call(ssd_naive, t64)
+    assert_close("y", y.float().numpy(), y_ref.numpy(), rtol=1e-2)  # one rounding of y to bf16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call does not warn again
+        _call(ssd_metal.ssd_fwd, t)
+    assert fake.calls[-1] == ("ssd_fwd", torch.float32)
+
+
+def test_python_no_fp32_warning_where_bfloat_or_native(shim, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(ssd_metal, "_WARNED_FP32", set())
+    monkeypatch.setattr(ssd_metal, "_BFLOAT_OK", {})  # keyed by id(extension): no stale entry of another fake
+    monkeypatch.setattr(ssd_metal, "_metal", FakeMetal(shim, bfloat=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ssd_metal._in_dtype(torch.bfloat16) is torch.bfloat16
+        assert ssd_metal._in_dtype(torch.float16) is torch.float16
+        assert ssd_metal._in_dtype(torch.float32) is torch.float32
+    with pytest.warns(RuntimeWarning, match="float64 inputs are converted to float32"):
+        assert ssd_metal._in_dtype(torch.float64) is torch.float32
 
 
 def test_python_decode_step_fp32_copy_path(shim, monkeypatch):

@@ -14,6 +14,7 @@ per-element gradients are summed here (`reduce_grads`). The kernels use their ow
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -41,11 +42,21 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 _BFLOAT_OK: dict = {}  # id(extension) -> whether its kernels compile for bfloat here
+_WARNED_FP32: set = set()  # input dtypes already warned about (one warning per dtype and process)
+
+
+def _warn_fp32_once(dtype: torch.dtype, why: str) -> None:
+    if dtype in _WARNED_FP32:
+        return
+    _WARNED_FP32.add(dtype)
+    warnings.warn(f"mamba_compat metal backend: {dtype} inputs are converted to float32 and the scan computes in "
+                  f"float32 ({why}); the output is cast back to {dtype}. Memory traffic is that of float32.",
+                  RuntimeWarning, stacklevel=4)
 
 
 def _in_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels read x/B/C/z in: float32/float16 natively, bfloat16 where the GPU's Metal has
-    bfloat (macOS 14+), else float32."""
+    bfloat (macOS 14+); else float32, with a one-time warning saying so."""
     if dtype in (torch.float32, torch.float16):
         return dtype
     ext = _ext()
@@ -54,6 +65,9 @@ def _in_dtype(dtype: torch.dtype) -> torch.dtype:
             _BFLOAT_OK[id(ext)] = bool(ext.supports_dtype("bfloat16"))
         if _BFLOAT_OK[id(ext)]:
             return dtype
+        _warn_fp32_once(dtype, "this Metal has no bfloat: it needs macOS 14 / Metal 3.1")
+    else:
+        _warn_fp32_once(dtype, "the kernels read float32, float16 or bfloat16")
     return torch.float32
 
 
