@@ -219,7 +219,9 @@ def _train_ranks(args, dist, overrides: dict, cfg: Config | None) -> int:
         logger = RunLogger(run_dir, cfg.tensorboard)
         progress = Progress(trainer, bar=cfg.progress)
     ranks = f" x {trainer.world} ranks" if trainer.world > 1 else ""
-    task = f"{cfg.env}-{cfg.horizon}" if trainer.curriculum else f"{cfg.env} (gymnasium, {trainer.env.obs_dim} obs)"
+    from .envs.gym_vector import GymVectorEnv
+    kind = "gymnasium" if isinstance(trainer.env, GymVectorEnv) else "torch-native"
+    task = f"{cfg.env}-{cfg.horizon}" if trainer.curriculum else f"{cfg.env} ({kind}, {trainer.env.obs_dim} obs)"
     say(f"memrl train: {task}, {cfg.controller}{' + PseudoMode memory' if cfg.memory else ''}, "
         f"{cfg.num_envs} envs{ranks}, rollouts of {trainer.rollout_len} steps, device {trainer.device}, "
         f"run dir {run_dir}")

@@ -217,3 +217,10 @@ def test_config_refuses_env_workers_for_a_port():
     from memrl.config import ConfigError
     with pytest.raises(ConfigError, match=r"env_workers must be 0 for the torch-native env popgym-RepeatFirstEasy-v0"):
         Config(env="popgym-RepeatFirstEasy-v0", env_workers=2)
+
+
+def test_cli_header_names_a_port_torch_native(tmp_path, capsys):
+    from memrl.cli import main
+    assert main(["train", "--env", "popgym-RepeatFirstEasy-v0", "--device", "cpu", "--num-envs", "8",
+                 "--total-steps", "408", "--d-model", "16", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "memrl train: popgym-RepeatFirstEasy-v0 (torch-native, 4 obs)" in capsys.readouterr().out
