@@ -42,6 +42,25 @@ def nan_alloc(shape, dtype, device):
     return t.fill_(float("nan")) if dtype.is_floating_point else t
 
 
+def errors_vs_float64(run, run_ref, inputs, names, seed=0):
+    """Forward and every gradient of `run(*leaves)` against `run_ref(*float64 leaves)` on the same inputs (None
+    entries stay None; `names` names the gradient of each input), with one random upstream gradient:
+    -> (y, {"y": err, "d<name>": err, ...}) as max_scaled_error. Gradient dtypes must be their input's."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    ref_leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    y, y_ref = run(*leaves), run_ref(*ref_leaves)
+    errors = {"y": max_scaled_error(y, y_ref)}
+    gen = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
+    want = [i for i, t in enumerate(leaves) if t is not None]
+    grads = torch.autograd.grad(y, [leaves[i] for i in want], dy)
+    grads_ref = torch.autograd.grad(y_ref, [ref_leaves[i] for i in want], dy.double())
+    for i, a, r in zip(want, grads, grads_ref):
+        assert a.dtype == leaves[i].dtype, names[i]
+        errors[names[i]] = max_scaled_error(a, r)
+    return y, errors
+
+
 def make_problem(b=2, l=15, h=4, p=8, g=2, n=16, dtype=torch.float64, *, D="h", z=True, dt_bias=True,
                  init=True, seq_idx=None, device="cpu", seed=0, requires_grad=False, dt_scale=1.0):
     """Random SSD inputs as a dict of mamba_chunk_scan_combined keyword arguments (chunk_size not included)."""

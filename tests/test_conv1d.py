@@ -19,7 +19,7 @@ from mamba_compat.ops import conv1d as ops
 from mamba_compat.ops.conv1d import reference as ref
 from mamba_compat.ops.conv1d import triton as tri
 
-from op_testing import max_scaled_error, nan_alloc
+from op_testing import errors_vs_float64, max_scaled_error, nan_alloc
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # measured max errors over W 2-4, L 1-40, every feature subset, 3 seeds (CPU interpreter): fp32 2.9e-7; bf16
@@ -125,22 +125,13 @@ def test_reference_step_vs_sequence():
 
 def check_triton(x, weight, bias, st, sg, silu, tol, seed=0):
     """Forward and every gradient of the Triton op vs the reference evaluated in float64 on the same inputs."""
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, weight, bias, st)]
-    y = ops.causal_conv1d(*leaves, sg, silu=silu, backend="triton")
+    def ref_conv(*ins):
+        yr = ref.causal_conv1d(*ins, sg)
+        return F.silu(yr) if silu else yr
+
+    y, e = errors_vs_float64(lambda *ins: ops.causal_conv1d(*ins, sg, silu=silu, backend="triton"), ref_conv,
+                             (x, weight, bias, st), ("dx", "dweight", "dbias", "dconv_state"), seed)
     assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous()
-    ref_leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in (x, weight, bias, st)]
-    yr = ref.causal_conv1d(*ref_leaves, sg)
-    yr = F.silu(yr) if silu else yr
-    e = {"y": err(y, yr)}
-    gen = torch.Generator().manual_seed(seed + 1)
-    dy = torch.randn(y.shape, generator=gen).to(DEV, x.dtype)
-    want = [i for i, t in enumerate(leaves) if t is not None]
-    g = torch.autograd.grad(y, [leaves[i] for i in want], dy)
-    gr = torch.autograd.grad(yr, [ref_leaves[i] for i in want], dy.double())
-    for i, a, r in zip(want, g, gr):
-        name = ("dx", "dweight", "dbias", "dconv_state")[i]
-        assert a.dtype == leaves[i].dtype, name
-        e[name] = err(a, r)
     bad = {k: v for k, v in e.items() if not v <= tol}
     assert not bad, f"errors {e} over tolerance {tol}"
     return e

@@ -19,7 +19,7 @@ from mamba_compat.ops import rmsnorm as ops
 from mamba_compat.ops.rmsnorm import reference as ref
 from mamba_compat.ops.rmsnorm import triton as tri
 
-from op_testing import max_scaled_error, nan_alloc
+from op_testing import errors_vs_float64, max_scaled_error, nan_alloc
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # measured max errors over this file's shapes and more (CPU interpreter): fp32 9.3e-7 (dx), 2.9e-7 (others);
@@ -78,21 +78,10 @@ def test_reference_vs_loop(norm_before_gate, z):
 
 
 def check_triton(x, w, z, gs, nbg, tol, eps=1e-5, seed=0):
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, w, z)]
-    y = ops.rmsnorm_gated(leaves[0], leaves[1], leaves[2], eps, gs, nbg, backend="triton")
+    y, e = errors_vs_float64(lambda *ins: ops.rmsnorm_gated(*ins, eps, gs, nbg, backend="triton"),
+                             lambda *ins: ref.rmsnorm_gated(*ins, eps, gs, nbg), (x, w, z), ("dx", "dweight", "dz"),
+                             seed)
     assert y.dtype == x.dtype and y.shape == x.shape
-    ref_leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in (x, w, z)]
-    yr = ref.rmsnorm_gated(ref_leaves[0], ref_leaves[1], ref_leaves[2], eps, gs, nbg)
-    e = {"y": err(y, yr)}
-    gen = torch.Generator().manual_seed(seed + 1)
-    dy = torch.randn(y.shape, generator=gen).to(DEV, x.dtype)
-    want = [i for i, t in enumerate(leaves) if t is not None]
-    g = torch.autograd.grad(y, [leaves[i] for i in want], dy)
-    gr = torch.autograd.grad(yr, [ref_leaves[i] for i in want], dy.double())
-    for i, a, r in zip(want, g, gr):
-        name = ("dx", "dweight", "dz")[i]
-        assert a.dtype == leaves[i].dtype, name
-        e[name] = err(a, r)
     bad = {k: v for k, v in e.items() if not v <= tol}
     assert not bad, f"errors {e} over tolerance {tol}"
     return e
