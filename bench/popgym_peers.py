@@ -81,7 +81,9 @@ def read_jsonl(path: str) -> list:
     return rows
 
 
-def summary(rows: list, wall: float) -> dict:
+def summary(rows: list, wall: float, budget_s: float) -> dict:
+    """MMER etc. over the rows logged within the budget (by the run's own wall clock, "wall")."""
+    rows = [r for r in rows if r.get("wall", 0.0) <= budget_s or r.get("final")]
     evals = [r for r in rows if isinstance(r.get("eval_return"), (int, float))]
     steps = max((r.get("env_steps", 0) for r in rows), default=0)
     return {"mmer": max((r["eval_return"] for r in evals), default=float("nan")),
@@ -100,8 +102,10 @@ def run_env(env_id: str, out: str, budget_s: float, seed: int, memrl_args: list)
                "--seed", str(seed)]
     t0 = time.perf_counter()
     logs = [open(os.path.join(out, f"{name}.log"), "w") for name in ("memrl", "sb3")]
-    procs = [subprocess.Popen(cmd, env=env1, stdout=log, stderr=subprocess.STDOUT) for cmd, log in
-             zip((memrl_cmd, sb3_cmd), logs)]
+    # SIGINT stops memrl (it keeps what it logged); a shell's background job would hand it an ignored SIGINT
+    procs = [subprocess.Popen(cmd, env=env1, stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+             for cmd, log in zip((memrl_cmd, sb3_cmd), logs)]
     walls = [None, None]
     while any(w is None for w in walls):
         for i, p in enumerate(procs):
@@ -116,8 +120,8 @@ def run_env(env_id: str, out: str, budget_s: float, seed: int, memrl_args: list)
                     walls[i] = time.perf_counter() - t0
         time.sleep(1)
     memrl_rows = read_jsonl(os.path.join(memrl_dir, "metrics.jsonl"))
-    return {"env": env_id, "memrl": summary(memrl_rows, walls[0]),
-            "sb3 RecurrentPPO": summary(read_jsonl(os.path.join(sb3_dir, "evals.jsonl")), walls[1]),
+    return {"env": env_id, "memrl": summary(memrl_rows, walls[0], budget_s),
+            "sb3 RecurrentPPO": summary(read_jsonl(os.path.join(sb3_dir, "evals.jsonl")), walls[1], budget_s),
             "memrl_command": " ".join(memrl_cmd[1:])}
 
 
