@@ -97,6 +97,15 @@ def _rmsnorm_fwd_kernel(
 
 
 @triton.jit
+def _load_bwd_chunk(x_ptr, z_ptr, w_ptr, dy_ptr, rows, rmask, cols, cmask, sxm, szm, sdm, HAS_Z: tl.constexpr,
+                    NBG: tl.constexpr, ACC: tl.constexpr):
+    """_load_chunk's tiles plus dy's, for the backward."""
+    x, u, gate, dgate, w, m2 = _load_chunk(x_ptr, z_ptr, w_ptr, rows, rmask, cols, cmask, sxm, szm, HAS_Z, NBG, ACC)
+    dy = tl.load(dy_ptr + rows[:, None] * sdm + cols[None, :], mask=m2, other=0.0).to(ACC)
+    return x, u, gate, dgate, w, m2, dy
+
+
+@triton.jit
 def _bwd_chunk(x, u, gate, dgate, w, dy, rstd, cc, HAS_Z: tl.constexpr, NBG: tl.constexpr):
     """-> (dx, dz, dweight contribution) of one chunk, given rstd (BM,) and cc = mean(g*w*uhat) (BM,)."""
     uhat = u * rstd[:, None]
@@ -129,9 +138,8 @@ def _rmsnorm_bwd_kernel(
         for k in tl.static_range(R):
             rows = ((pid * R + k) * BM + tl.arange(0, BM)).to(tl.int64)
             rmask = rows < M
-            x, u, gate, dgate, w, m2 = _load_chunk(x_ptr, z_ptr, w_ptr, rows, rmask, cols, cmask, sxm, szm, HAS_Z,
-                                                   NBG, ACC)
-            dy = tl.load(dy_ptr + rows[:, None] * sdm + cols[None, :], mask=m2, other=0.0).to(ACC)
+            x, u, gate, dgate, w, m2, dy = _load_bwd_chunk(x_ptr, z_ptr, w_ptr, dy_ptr, rows, rmask, cols, cmask, sxm,
+                                                           szm, sdm, HAS_Z, NBG, ACC)
             rstd = tl.rsqrt(tl.sum(u * u, axis=1) / N + eps)
             g = dy
             if HAS_Z and NBG:
@@ -152,9 +160,8 @@ def _rmsnorm_bwd_kernel(
             for c0 in range(0, N, BN):
                 cols = col0 + c0 + tl.arange(0, BN)
                 cmask = (c0 + tl.arange(0, BN)) < N
-                x, u, gate, dgate, w, m2 = _load_chunk(x_ptr, z_ptr, w_ptr, rows, rmask, cols, cmask, sxm, szm,
-                                                       HAS_Z, NBG, ACC)
-                dy = tl.load(dy_ptr + rows[:, None] * sdm + cols[None, :], mask=m2, other=0.0).to(ACC)
+                x, u, gate, dgate, w, m2, dy = _load_bwd_chunk(x_ptr, z_ptr, w_ptr, dy_ptr, rows, rmask, cols, cmask,
+                                                               sxm, szm, sdm, HAS_Z, NBG, ACC)
                 g = dy
                 if HAS_Z and NBG:
                     g = dy * gate
@@ -165,9 +172,8 @@ def _rmsnorm_bwd_kernel(
             for c0 in range(0, N, BN):
                 cols = col0 + c0 + tl.arange(0, BN)
                 cmask = (c0 + tl.arange(0, BN)) < N
-                x, u, gate, dgate, w, m2 = _load_chunk(x_ptr, z_ptr, w_ptr, rows, rmask, cols, cmask, sxm, szm,
-                                                       HAS_Z, NBG, ACC)
-                dy = tl.load(dy_ptr + rows[:, None] * sdm + cols[None, :], mask=m2, other=0.0).to(ACC)
+                x, u, gate, dgate, w, m2, dy = _load_bwd_chunk(x_ptr, z_ptr, w_ptr, dy_ptr, rows, rmask, cols, cmask,
+                                                               sxm, szm, sdm, HAS_Z, NBG, ACC)
                 dx, dz, dwc = _bwd_chunk(x, u, gate, dgate, w, dy, rstd, cc, HAS_Z, NBG)
                 tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m2)
                 if HAS_Z:
