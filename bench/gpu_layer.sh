@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One call on the GPU machine for the Mamba2 layer work: compiled tests with their errors recorded, then the
-# conv/norm and whole-layer benchmarks against upstream (causal-conv1d built meanwhile, see gpu_setup_anchor.sh).
-#   bash bench/gpu_layer.sh [tests] [bench]      (both by default; files land in $OUT)
+# conv/norm and whole-layer benchmarks and the op grid against upstream (causal-conv1d built meanwhile, see
+# gpu_setup_anchor.sh). Wheels in .wheels/ (gymnasium for the memrl tests: the GPU image has none) are installed.
+#   bash bench/gpu_layer.sh [tests] [bench] [grid]      (all by default; files land in $OUT)
 set -o pipefail
-stages="${*:-tests bench}"
+stages="${*:-tests bench grid}"
 OUT="${OUT:-.}"
 source bench/gpu_setup_anchor.sh bg
+ls .wheels/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps --no-index .wheels/*.whl
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [[ $stages == *tests* ]]; then
@@ -14,9 +16,14 @@ if [[ $stages == *tests* ]]; then
     tests/test_state_update.py tests/memrl/test_distributed.py tests/memrl/test_rollout.py 2>&1 | tee "$OUT/tests.log" | tail -25
   python3 bench/tolerances.py "$OUT/errors.jsonl" > "$OUT/tolerances.txt" && head -25 "$OUT/tolerances.txt"
 fi
-[ -n "$CC_BUILD_PID" ] && { wait "$CC_BUILD_PID"; tail -2 /tmp/cc_build.log; }
-[ -d .anchor/site/causal_conv1d ] && [ ! -f "$OUT/cc_site.tar.xz" ] && (cd .anchor/site && tar cJf "$OUT/cc_site.tar.xz" .)
+wait_cc() { [ -n "$CC_BUILD_PID" ] && { wait "$CC_BUILD_PID"; tail -2 /tmp/cc_build.log; CC_BUILD_PID=; }; }
 if [[ $stages == *bench* ]]; then
+  wait_cc  # upstream's fastest path needs causal-conv1d
   timeout "${CONV_TIMEOUT:-120}" python3 bench/gpu_conv_norm.py 2>&1 | tee "$OUT/conv_norm.txt" | tail -20
   timeout "${LAYER_TIMEOUT:-300}" python3 bench/gpu_layer.py ${LAYER_ARGS:-} 2>&1 | tee "$OUT/layer.txt" | tail -25
 fi
+if [[ $stages == *grid* ]]; then
+  timeout "${GRID_TIMEOUT:-300}" python3 bench/gpu_grid.py --budget "${GRID_BUDGET:-240}" ${GRID_ARGS:-} 2>&1 | tee "$OUT/grid.txt"
+fi
+wait_cc
+[ -d .anchor/site/causal_conv1d ] && [ ! -f "$OUT/cc_site.tar.xz" ] && (cd .anchor/site && tar cJf "$OUT/cc_site.tar.xz" .)

@@ -15,10 +15,14 @@ s = re.sub(r'\n( *)cc_flag\.append\("-gencode"\)\s*cc_flag\.append\("arch=comput
            lambda m: "\n" + m.group(1) + "pass", s)
 open(p, "w").write(s)
 PY
-  (cd /tmp/cc && CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps \
+  (cd /tmp/cc && CAUSAL_CONV1D_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${CC_JOBS:-10} python3 -m pip install -q --no-build-isolation --no-deps \
      --target "$OLDPWD/.anchor/site" . ) > /tmp/cc_build.log 2>&1 || echo "causal-conv1d build failed: /tmp/cc_build.log"
 }
 CC_BUILD_PID=
+# a build an earlier call returned (cc_site.tar.xz from $OUT, carried back in .anchor/) is unpacked instead
+if [ ! -d .anchor/site/causal_conv1d ] && [ -f .anchor/cc_site.tar.xz ]; then
+  mkdir -p .anchor/site && tar xJf .anchor/cc_site.tar.xz -C .anchor/site
+fi
 if [ ! -d .anchor/site/causal_conv1d ]; then
   if [ "${1:-}" = bg ]; then build_cc & CC_BUILD_PID=$!; else build_cc; fi
 fi
