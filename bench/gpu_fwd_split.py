@@ -1,62 +1,105 @@
-"""The Triton forward's split (state pass + y over groups of K chunks) vs its one-launch form, per shape.
+"""Tuning sweep of the Triton SSD's chunk-parallel passes: every forced group size K against the sequential passes.
 
     PYTHONPATH=.:.anchor python3 bench/gpu_fwd_split.py
 
-For each shape: the heuristic's choice (`fwd_split`), every forced K (MAMBA_COMPAT_TRITON_FWD_SPLIT), the
-relative difference of y to the one-launch forward, and the mamba_ssm anchor when `.anchor/` is importable.
-Medians of triton.testing.do_bench in ms, eager calls (host overhead included).
+For each shape: the forward with MAMBA_COMPAT_TRITON_FWD_SPLIT=K (0 = sequential), then forward+backward with
+the forward at its heuristic choice and MAMBA_COMPAT_TRITON_BWD_SPLIT=K; the heuristic's own K (`group_split`)
+and upstream (mamba_ssm's `mamba_chunk_scan_combined`, chunk 256) beside them. Median ms of CUDA-event-timed
+eager calls. The sequential grid's program count (b*h*cdiv(P, 32)) is printed: the heuristic keys on it.
 """
 import math
 import os
+import statistics
 import sys
 
 import torch
-from triton.testing import do_bench
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import gpu_bench as gb  # noqa: E402
 from mamba_compat.ops.ssd import triton as ours  # noqa: E402
 
-SHAPES = {  # b, L, h, p, n, g, dtype, chunk
-    "LM b8 L2048 H32 P64 N128 bf16": (8, 2048, 32, 64, 128, 1, torch.bfloat16, 256),
-    "RL b64 L256 H4 P64 N64 fp32": (64, 256, 4, 64, 64, 1, torch.float32, 64),
-    "long b1 L16384 H8 P64 N128 bf16": (1, 16384, 8, 64, 128, 1, torch.bfloat16, 256),
-}
+try:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as upstream
+except Exception:  # noqa: BLE001
+    upstream = None
+
+SHAPES = [  # b, L, H, G, N, dtype, z
+    (1, 32768, 32, 1, 128, torch.bfloat16, False),
+    (1, 65536, 24, 1, 128, torch.bfloat16, True),
+    (1, 8192, 80, 8, 64, torch.bfloat16, True),
+    (2, 32768, 4, 1, 128, torch.bfloat16, False),
+    (2, 4096, 128, 8, 128, torch.bfloat16, True),
+    (8, 2048, 32, 1, 128, torch.bfloat16, False),
+    (1, 16384, 8, 1, 128, torch.float32, False),
+    (64, 256, 4, 1, 64, torch.float32, False),
+]
+KS = (0, 1, 2, 4, 8, 16, 32)
 
 
-def timed(fn):
+def timed(fn, reps=10):
     fn()
     torch.cuda.synchronize()
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
 
 
 def main():
-    print(f"{torch.cuda.get_device_name()}; anchor: {'ok' if gb.anchor_scan is not None else gb.ANCHOR_ERR}")
-    for label, (b, L, h, p, n, g, dtype, chunk) in SHAPES.items():
-        x, dt, A, B, C, D, z, dtb = gb.make_inputs(b, L, h, p, n, g, dtype)
+    print(f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs); "
+          f"upstream: {upstream is not None}; ms; K=0 is sequential", flush=True)
+    for b, L, H, G, N, dtype, has_z in SHAPES:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        r = lambda *s, dt=dtype: torch.randn(*s, device="cuda", generator=gen).to(dt)  # noqa: E731
+        x, dt, B, C = r(b, L, H, 64), r(b, L, H, dt=torch.float32) * 0.5 - 1, r(b, L, G, N), r(b, L, G, N)
+        A = -torch.exp(torch.rand(H, device="cuda", generator=gen) * math.log(16))
+        D, dtb = r(H, dt=torch.float32), r(H, dt=torch.float32) * 0.5
+        z = r(b, L, H, 64) if has_z else None
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+        gy = torch.randn_like(x)
+        nchunks = -(-L // ours.kernel_chunk(256, L))
 
         def fwd():
-            return ours.chunk_scan(x, dt, A, B, C, chunk, D, None, dtb, None, None, True, 0.0, math.inf)
+            return ours.chunk_scan(x, dt, A, B, C, 256, D, z, dtb, None, None, True)
 
-        os.environ.pop("MAMBA_COMPAT_TRITON_FWD_SPLIT", None)
-        nchunks = -(-L // ours.kernel_chunk(chunk, L))
-        row = {f"auto (K={ours.fwd_split(b, h, p, nchunks, x.device)})": timed(fwd)}
-        base = None
-        for k in (0, 2, 4, 8, 16):
-            if k >= nchunks:
+        def fwdbwd():
+            y, _ = ours.chunk_scan(*leaves, 256, D, z, dtb, None, None, True)
+            torch.autograd.grad(y, leaves, gy)
+
+        label = f"b{b} L{L} H{H} G{G} N{N} {str(dtype)[6:]}{' z' if has_z else ''} ({b * H * 2} programs)"
+        auto_f = ours.group_split(b, H, 64, nchunks, x.device)
+        auto_b = ours.group_split(b, H, 64, -(-L // ours.kernel_chunk(256, L, True)), x.device, True)
+        cells_f, cells_b = [], []
+        for k in KS:
+            if k and k >= nchunks:
                 continue
             os.environ["MAMBA_COMPAT_TRITON_FWD_SPLIT"] = str(k)
-            y, _ = fwd()
-            base = y.float() if base is None else base
-            row[f"K={k}"] = timed(fwd)
-            row[f"K={k} rel diff"] = float((y.float() - base).norm() / base.norm())
-        os.environ.pop("MAMBA_COMPAT_TRITON_FWD_SPLIT", None)
-        if gb.anchor_scan is not None:
-            row["anchor"] = timed(lambda: gb.anchor_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dtb, dt_softplus=True))
-        print(label + ": " + ", ".join(f"{k} {v:.1e}" if "diff" in k else f"{k} {v:.4f}" for k, v in row.items()),
-              flush=True)
+            cells_f.append(f"K{k} {timed(fwd):.3f}")
+        os.environ.pop("MAMBA_COMPAT_TRITON_FWD_SPLIT")
+        for k in KS:
+            if k and k >= nchunks:
+                continue
+            os.environ["MAMBA_COMPAT_TRITON_BWD_SPLIT"] = str(k)
+            cells_b.append(f"K{k} {timed(fwdbwd):.3f}")
+        os.environ.pop("MAMBA_COMPAT_TRITON_BWD_SPLIT")
+        up = ""
+        if upstream is not None:
+            uf = timed(lambda: upstream(x, dt, A, B, C, 256, D=D, z=z, dt_bias=dtb, dt_softplus=True))
+
+            def ufb():
+                y = upstream(*leaves, 256, D=D, z=z, dt_bias=dtb, dt_softplus=True)
+                torch.autograd.grad(y, leaves, gy)
+
+            up = f" | upstream fwd {uf:.3f} fwd+bwd {timed(ufb):.3f}"
+        print(f"{label}: auto fwd K{auto_f} {timed(fwd):.3f}, auto fwd+bwd K{auto_b} {timed(fwdbwd):.3f}{up}\n"
+              f"   fwd     {'  '.join(cells_f)}\n   fwd+bwd {'  '.join(cells_b)}", flush=True)
+        del x, dt, B, C, z, leaves, gy
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # One call on the GPU machine for the Mamba2 layer work: compiled tests with their errors recorded, then the
 # conv/norm and whole-layer benchmarks and the op grid against upstream (causal-conv1d built meanwhile, see
 # gpu_setup_anchor.sh). Wheels in .wheels/ (gymnasium for the memrl tests: the GPU image has none) are installed.
-#   bash bench/gpu_layer.sh [tests] [bench] [grid]      (all by default; files land in $OUT)
+#   bash bench/gpu_layer.sh [tests] [bench] [split] [grid]   (all but split by default; files land in $OUT)
+# split: the chunk-parallel group-size sweep (gpu_fwd_split.py).
 set -o pipefail
 stages="${*:-tests bench grid}"
 OUT="${OUT:-.}"
@@ -21,6 +22,9 @@ if [[ $stages == *bench* ]]; then
   wait_cc  # upstream's fastest path needs causal-conv1d
   timeout "${CONV_TIMEOUT:-120}" python3 bench/gpu_conv_norm.py 2>&1 | tee "$OUT/conv_norm.txt" | tail -20
   timeout "${LAYER_TIMEOUT:-300}" python3 bench/gpu_layer.py ${LAYER_ARGS:-} 2>&1 | tee "$OUT/layer.txt" | tail -25
+fi
+if [[ $stages == *split* ]]; then
+  timeout "${SPLIT_TIMEOUT:-200}" python3 bench/gpu_fwd_split.py 2>&1 | tee "$OUT/split.txt"
 fi
 if [[ $stages == *grid* ]]; then
   timeout "${GRID_TIMEOUT:-300}" python3 bench/gpu_grid.py --budget "${GRID_BUDGET:-240}" ${GRID_ARGS:-} 2>&1 | tee "$OUT/grid.txt"

@@ -1,10 +1,11 @@
 """The `triton` SSD backend: our own Triton kernels, registered as torch.library custom ops.
 
 Forward: one launch (triton_fwd.ssd_fwd_kernel), the inter-chunk recurrence carried in registers; for long
-sequences with few (batch, head) pairs, two (a light state pass, then y over groups of chunks; fwd_split).
-Backward: three launches (a state pass storing the state entering each chunk, a reverse pass storing the
-gradient on each of them, both light and sequential over chunks, then one chunk-parallel kernel for
-every input gradient; triton_bwd) plus small PyTorch sums over heads / batch / chunks.
+sequences with few (batch, head) pairs, chunk-parallel instead (group_split): each group of chunks' own state,
+a scan over the groups, then y per group from the state entering it.
+Backward: a state pass storing the state entering each chunk, a reverse pass storing the gradient on each of
+them (both light; sequential over chunks, or chunk-parallel as the forward), then one chunk-parallel kernel for
+every input gradient (triton_bwd), plus small PyTorch sums over heads / batch / chunks.
 Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (tests).
 
     chunk_scan(x (B, L, H, P), dt (B, L, H), A (H,), B/C (B, L, G, N), chunk_size, D (H,)|(H, P), z like x,
@@ -24,7 +25,7 @@ import torch
 from .custom_op import make_ssd_op
 from .triton_bwd import ssd_bwd_kernel, ssd_dstate_kernel
 from .triton_common import dot_precision, env_int, pow2_at_least, upcast_dots
-from .triton_fwd import ssd_fwd_kernel
+from .triton_fwd import ssd_fwd_kernel, state_combine_kernel
 
 __all__ = ["chunk_scan", "ssd_fwd", "ssd_bwd"]
 
@@ -57,50 +58,76 @@ def _common_args(x, dt, B, C, D, z, seq_idx):
     return [*x.stride(), *dt.stride(), *B.stride(), *C.stride(), *zs], ss, ds
 
 
-def fwd_split(b: int, h: int, p: int, nchunks: int, device) -> int:
-    """K, the chunks per group of the split (chunk-parallel) forward, or 0 for the one-launch forward.
+def group_split(b: int, h: int, p: int, nchunks: int, device, backward: bool = False) -> int:
+    """K, the chunks per group of the chunk-parallel passes, or 0 for the sequential ones.
 
-    The one-launch forward has one program per (head-dim block, b*h), each walking every chunk: with few
-    (b, h) and long sequences the GPU runs a couple of programs per SM through a long sequential loop.
-    The split forward runs a light state pass, then y over (head-dim block, b*h, group of K chunks).
-    Chosen when the one-launch grid has fewer programs than the GPU has SMs and there are at least 16 chunks,
-    with about 4 programs per SM after the split. Measured on an H200 (bf16, P64 N128): b1 L16384 H8 went from
-    1.82 to 0.52 ms; at b8 L2048 H32 (512 programs) splitting did not pay, at the RL shape b64 L256 H4 it cost
-    4x. MAMBA_COMPAT_TRITON_FWD_SPLIT=K forces K (0 = never split)."""
-    forced = os.environ.get("MAMBA_COMPAT_TRITON_FWD_SPLIT")
+    The sequential forward (and the backward's two state passes) run one program per (head-dim block, b*h), each
+    walking every chunk: with few (b, h) and long sequences the GPU runs a couple of programs per SM through a
+    long dependent loop. The chunk-parallel form runs each group of K chunks from zero (LOCAL), an elementwise
+    scan over the groups (state_combine_kernel), then the groups again from their entry states: twice the
+    matmuls of the state update, over ngroups times the programs.
+    Chosen when the sequential grid has fewer than SPLIT_PROGRAMS_PER_SM programs per SM and there are at least
+    8 chunks, with groups of K chunks for about GROUP_PROGRAMS_PER_SM programs per SM.
+    MAMBA_COMPAT_TRITON_FWD_SPLIT / _BWD_SPLIT = K forces K (0 = never split)."""
+    forced = os.environ.get("MAMBA_COMPAT_TRITON_BWD_SPLIT" if backward else "MAMBA_COMPAT_TRITON_FWD_SPLIT")
     if forced is not None:
         k = int(forced)
         return k if 0 < k < nchunks else 0
-    if device.type != "cuda" or nchunks < 16:
+    if device.type != "cuda" or nchunks < 8:
         return 0
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     programs = b * h * triton_cdiv(p, 32)
-    if programs >= sms:
+    if programs >= SPLIT_PROGRAMS_PER_SM * sms:
         return 0
-    groups = min(nchunks, triton_cdiv(4 * sms, programs))
+    groups = min(nchunks, triton_cdiv(GROUP_PROGRAMS_PER_SM * sms, programs))
     return triton_cdiv(nchunks, groups)
 
 
+SPLIT_PROGRAMS_PER_SM = env_int("MAMBA_COMPAT_TRITON_SPLIT_BELOW", 1)
+GROUP_PROGRAMS_PER_SM = env_int("MAMBA_COMPAT_TRITON_GROUP_TARGET", 4)
+
+
 def _fwd_launch(x, dt, A, B, C, D, z, dt_bias, init, seq_idx, dt_softplus, dt_min, dt_max, q, precision, y, final,
-                states, k, split):
-    """One launch of ssd_fwd_kernel: y (one-launch or, with split, the groups' y from `states`) or, with y None,
-    the state pass writing every k-th chunk-entry state to `states`."""
+                states=None, groups=None, k=1, mode="seq"):
+    """One launch of ssd_fwd_kernel. mode "seq": sequential over all chunks from `init` (y and final, or with
+    `states` the state entering every chunk); "local": each group of k chunks from zero into `groups`
+    (gstates, gdecay); "split": y (or, with `states`, every chunk's entry state) per group, from gstates."""
     b, L, h, p = x.shape
     n = B.shape[3]
     strides, ss, ds = _common_args(x, dt, B, C, D, z, seq_idx)
     ys = y.stride() if y is not None else (0, 0, 0, 0)
-    ngroups = triton_cdiv(triton_cdiv(L, q), k)
-    grid = lambda meta: (triton_cdiv(p, meta["BP"]), b * h, ngroups if split else 1)  # noqa: E731
+    split = mode != "seq"
+    ngroups = triton_cdiv(triton_cdiv(L, q), k) if split else 1
+    gstates, gdecay = groups if groups is not None else (final, final)
+    grid = lambda meta: (triton_cdiv(p, meta["BP"]), b * h, ngroups)  # noqa: E731
     dummy = x
     ssd_fwd_kernel[grid](
         x, dt, A, B, C, _or(D, dummy), _or(z, dummy), _or(dt_bias, dummy), _or(init, dummy), _or(seq_idx, dummy),
-        _or(y, dummy), final, _or(states, final),
+        _or(y, dummy), final, _or(states, final), gstates, gdecay,
         L, h, p, n, h // B.shape[2], float(dt_min), float(dt_max),
         *strides, *ys, *ss, *ds,
-        HAS_INIT=init is not None, COMPUTE_Y=y is not None, STORE_STATES=y is None, SPLIT=split, K=k,
+        HAS_INIT=init is not None, COMPUTE_Y=y is not None and mode != "local",
+        STORE_STATES=states is not None and mode != "local", SPLIT=split, LOCAL=mode == "local", K=k,
         Q=q, BN=pow2_at_least(n), DOT_PREC=precision, UPCAST=upcast_dots(x.dtype),
         **_flags(D, z, dt_bias, seq_idx, dt_softplus, dt_min, dt_max),
     )
+
+
+def _group_buffers(bh, nchunks, k, p, n, device):
+    """(gstates (B*H, ngroups, P, N), gdecay (B*H, ngroups)), fp32, for the chunk-parallel passes."""
+    ng = triton_cdiv(nchunks, k)
+    return (torch.empty((bh, ng, p, n), dtype=torch.float32, device=device),
+            torch.empty((bh, ng), dtype=torch.float32, device=device))
+
+
+def _combine(groups, init, final, reverse):
+    """state_combine_kernel over every (b, h): group own-states -> entry states (in place), final out."""
+    gstates, gdecay = groups
+    bh, ng, p, n = gstates.shape
+    block = min(1024, pow2_at_least(p * n))
+    state_combine_kernel[(triton_cdiv(p * n, block), bh)](
+        gstates, gdecay, _or(init, final), final, p * n, ng, HAS_INIT=init is not None, REVERSE=reverse,
+        BLOCK=block, num_warps=4)
 
 
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
@@ -118,18 +145,16 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, 
     init = initial_states.contiguous() if initial_states is not None else None
     final = torch.empty((b, h, p, n), dtype=torch.float32, device=x.device)
     args = (x, dt, A, B, C, D, z, dt_bias, init, seq_idx, dt_softplus, dt_min, dt_max, q, precision)
-    if backward:
-        _fwd_launch(*args, None, final, states, 1, False)
-        return None, final
-    y = torch.empty((b, L, h, p), dtype=x.dtype, device=x.device)
+    y = None if backward else torch.empty((b, L, h, p), dtype=x.dtype, device=x.device)
     nchunks = triton_cdiv(L, q)
-    k = fwd_split(b, h, p, nchunks, x.device)
-    if k:  # state pass (every k-th chunk-entry state, fp32), then y over groups of k chunks
-        group_states = torch.empty((b * h, triton_cdiv(nchunks, k) + 1, p, n), dtype=torch.float32, device=x.device)
-        _fwd_launch(*args, None, final, group_states, k, False)
-        _fwd_launch(*args, y, final, group_states, k, True)
+    k = group_split(b, h, p, nchunks, x.device, backward=backward)
+    if k:  # each group's own state, the entry states by a scan over groups, then the groups from them
+        groups = _group_buffers(b * h, nchunks, k, p, n, x.device)
+        _fwd_launch(*args, None, final, None, groups, k, "local")
+        _combine(groups, init, final, reverse=False)
+        _fwd_launch(*args, y, final, states, groups, k, "split")
     else:
-        _fwd_launch(*args, y, final, None, 1, False)
+        _fwd_launch(*args, y, final, states)
     return y, final
 
 
@@ -158,14 +183,27 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state
     # 2. state gradients entering each chunk (sequential, light)
     dstates = torch.empty_like(states)
     dinit = torch.empty((b, h, p, n), dtype=torch.float32, device=dev)
-    ssd_dstate_kernel[lambda meta: (triton_cdiv(p, meta["BP"]), b * h)](
-        dt, A, C, _or(z, dy), _or(dt_bias, dy), _or(seq_idx, dy), dy, _or(dfin, dinit), dstates, dinit,
-        L, h, p, n, h // g, float(dt_min), float(dt_max),
-        *dt.stride(), *C.stride(), *zs, *dy.stride(), *ss,
-        HAS_Z=flags["HAS_Z"], HAS_DTB=flags["HAS_DTB"], HAS_DFINAL=dfin is not None, HAS_SEQ=flags["HAS_SEQ"],
-        SOFTPLUS=flags["SOFTPLUS"], CLAMP=flags["CLAMP"], Q=q, BN=pow2_at_least(n),
-        DOT_PREC=dot_precision(x.dtype, backward=True), UPCAST=upcast_dots(x.dtype),
-    )
+    k = group_split(b, h, p, nchunks, dev, backward=True)
+    groups = _group_buffers(b * h, nchunks, k, p, n, dev) if k else (dinit, dinit)
+
+    def dstate_launch(mode):
+        ng = triton_cdiv(nchunks, k) if mode != "seq" else 1
+        ssd_dstate_kernel[lambda meta: (triton_cdiv(p, meta["BP"]), b * h, ng)](
+            dt, A, C, _or(z, dy), _or(dt_bias, dy), _or(seq_idx, dy), dy, _or(dfin, dinit), dstates, dinit, *groups,
+            L, h, p, n, h // g, float(dt_min), float(dt_max),
+            *dt.stride(), *C.stride(), *zs, *dy.stride(), *ss,
+            HAS_Z=flags["HAS_Z"], HAS_DTB=flags["HAS_DTB"], HAS_DFINAL=dfin is not None, HAS_SEQ=flags["HAS_SEQ"],
+            SOFTPLUS=flags["SOFTPLUS"], CLAMP=flags["CLAMP"], SPLIT=mode != "seq", LOCAL=mode == "local",
+            K=max(k, 1), Q=q, BN=pow2_at_least(n),
+            DOT_PREC=dot_precision(x.dtype, backward=True), UPCAST=upcast_dots(x.dtype),
+        )
+
+    if k:  # chunk-parallel, as the forward's (group_split)
+        dstate_launch("local")
+        _combine(groups, dfin, dinit, reverse=True)
+        dstate_launch("split")
+    else:
+        dstate_launch("seq")
     # 3. every gradient, one program per (chunk, batch*head)
     dx = torch.empty((b, L, h, p), dtype=x.dtype, device=dev)
     ddt = torch.empty((b, L, h), dtype=torch.float32, device=dev)

@@ -29,10 +29,10 @@ from .triton_common import autotune_configs, head_scalars, mm, program_tile
 from .triton_fwd import chunk_resets, process_dt
 
 
-@triton.autotune(configs=autotune_configs(bp=True, light=True), key=["P", "N", "Q"])
+@triton.autotune(configs=autotune_configs(bp=True, light=True), key=["P", "N", "Q", "SPLIT", "LOCAL"])
 @triton.jit
 def ssd_dstate_kernel(
-    dt_ptr, A_ptr, C_ptr, z_ptr, dtb_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr,
+    dt_ptr, A_ptr, C_ptr, z_ptr, dtb_ptr, seq_ptr, dy_ptr, dfinal_ptr, dstates_ptr, dinit_ptr, gds_ptr, gdecay_ptr,
     L, H, P, N, HPG, dt_min, dt_max,
     sdb, sdl, sdh,
     sCb, sCl, sCg, sCn,
@@ -40,11 +40,15 @@ def ssd_dstate_kernel(
     syb, syl, syh, syp,
     ssb, ssl,
     HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DFINAL: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-    Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr, SPLIT: tl.constexpr, LOCAL: tl.constexpr,
+    K, Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr,
 ):
     """Reverse sweep of the state gradient: dstates (B*H, nchunks + 1, P, N), entry c = dLoss / d(state
-    entering chunk c); entry nchunks = dfinal, entry 0 also goes to dinit (fp32)."""
+    entering chunk c); entry nchunks = dfinal, entry 0 also goes to dinit (fp32).
+    SPLIT (a third grid axis over groups of K chunks, as the forward's): LOCAL writes each group's own
+    gradient at its start (from zero at its end) to gds (B*H, ngroups, P, N) and its decay to gdecay; after
+    state_combine_kernel(REVERSE) gds holds the gradient at each group's end, from which the second launch
+    sweeps the group, writing its dstates entries (entry 0 by the first group; dinit comes from the combine)."""
     pid_p = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b, h, g, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs = program_tile(pid_bh, pid_p, H, HPG, P, N, BP, BN)
@@ -57,13 +61,28 @@ def ssd_dstate_kernel(
     seq_row = seq_ptr + b * ssb
     nchunks = tl.cdiv(L, Q)
     ds_base = dstates_ptr + pid_bh * (nchunks + 1) * P * N
-    if HAS_DFINAL:
-        dS = tl.load(dfinal_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+    if SPLIT:
+        grp = tl.program_id(2)
+        ngroups = tl.cdiv(nchunks, K)
+        c_lo = grp * K
+        c_hi = tl.minimum(c_lo + K, nchunks)
+        g_base = gds_ptr + (pid_bh * ngroups + grp) * P * N
+        if LOCAL:
+            dS = tl.zeros([BP, BN], dtype=tl.float32)
+        else:
+            dS = tl.load(g_base + pn_offs, mask=pn_mask, other=0.0)
     else:
-        dS = tl.zeros([BP, BN], dtype=tl.float32)
-    for k in range(0, nchunks):
-        ci = nchunks - 1 - k
-        tl.store(ds_base + (ci + 1) * P * N + pn_offs, dS.to(dstates_ptr.dtype.element_ty), mask=pn_mask)
+        c_lo = 0
+        c_hi = nchunks
+        if HAS_DFINAL:
+            dS = tl.load(dfinal_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+        else:
+            dS = tl.zeros([BP, BN], dtype=tl.float32)
+    decay = tl.sum(tl.zeros([Q], dtype=tl.float32), 0) + 1.0  # LOCAL: product of the group's carries
+    for k in range(0, c_hi - c_lo):
+        ci = c_hi - 1 - k
+        if not LOCAL:
+            tl.store(ds_base + (ci + 1) * P * N + pn_offs, dS.to(dstates_ptr.dtype.element_ty), mask=pn_mask)
         t = ci * Q + offs_q
         tmask = t < L
         t = t.to(tl.int64)
@@ -85,8 +104,17 @@ def ssd_dstate_kernel(
         carry = tl.where(r_last == 0, tl.exp(last), 0.0)
         dyin = (dy * ein[:, None]).to(Cm.dtype)
         dS = dS * carry + mm(tl.trans(dyin), Cm, DOT_PREC, UPCAST)  # (BP, BN)
-    tl.store(ds_base + pn_offs, dS.to(dstates_ptr.dtype.element_ty), mask=pn_mask)
-    tl.store(dinit_ptr + pid_bh * P * N + pn_offs, dS, mask=pn_mask)
+        decay = decay * carry
+    if LOCAL:
+        tl.store(g_base + pn_offs, dS, mask=pn_mask)
+        if pid_p == 0:
+            tl.store(gdecay_ptr + pid_bh * ngroups + grp, decay)
+    elif SPLIT:
+        if grp == 0:
+            tl.store(ds_base + pn_offs, dS.to(dstates_ptr.dtype.element_ty), mask=pn_mask)
+    else:
+        tl.store(ds_base + pn_offs, dS.to(dstates_ptr.dtype.element_ty), mask=pn_mask)
+        tl.store(dinit_ptr + pid_bh * P * N + pn_offs, dS, mask=pn_mask)
 
 
 

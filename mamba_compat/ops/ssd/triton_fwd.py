@@ -9,11 +9,15 @@ trip. Per chunk (c = chunk-local cumsum of dt*A, r = resets seen so far in the c
           + D x,  then * silu(z)
     S    <- exp(c_last) [no reset in chunk] * S + (x * dt * exp(c_last - c) [r == r_last])^T @ B
 
-The same kernel with COMPUTE_Y=False and STORE_STATES=True is a light state pass: it writes the state
-entering every K-th chunk (and the final one) to `states` (B*H, cdiv(nchunks, K) + 1, P, N). With K = 1 it
-is the first backward pass. With SPLIT (a chunk-parallel forward for long sequences with few (b, h)
-programs), a second launch computes y with a third grid axis over groups of K chunks: each program
-starts from the stored state entering its group and carries it over the group's K chunks.
+Modes (constexpr flags), all walking chunks in order and carrying the state in registers:
+  * one-launch forward (COMPUTE_Y): y and the final state, one program per (head-dim block, batch*head);
+  * state pass (STORE_STATES, COMPUTE_Y=False): the state entering every chunk to `states`
+    (B*H, nchunks + 1, P, N; entry nchunks = final), the backward's first pass;
+  * chunk-parallel (SPLIT, a third grid axis over groups of K chunks), for long sequences with few (b, h):
+      LOCAL: each group's own state (from zero) to `gstates` (B*H, ngroups, P, N) and its decay
+             (the product of its chunks' carries) to `gdecay` (B*H, ngroups);
+      then state_combine_kernel turns those into the state entering each group, in place;
+      then COMPUTE_Y (or STORE_STATES) per group, starting from the state entering it.
 """
 from __future__ import annotations
 
@@ -53,11 +57,11 @@ def chunk_resets(seq_row, t, tmask, ssl, Q: tl.constexpr, HAS_SEQ: tl.constexpr)
     return r
 
 
-@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES", "SPLIT", "K"])
+@triton.autotune(configs=autotune_configs(bp=True), key=["P", "N", "Q", "COMPUTE_Y", "STORE_STATES", "SPLIT", "LOCAL"])
 @triton.jit
 def ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, init_ptr, seq_ptr,
-    y_ptr, final_ptr, states_ptr,
+    y_ptr, final_ptr, states_ptr, gstates_ptr, gdecay_ptr,
     L, H, P, N, HPG, dt_min, dt_max,
     sxb, sxl, sxh, sxp,
     sdb, sdl, sdh,
@@ -69,7 +73,7 @@ def ssd_fwd_kernel(
     sDh, sDp,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-    COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr, SPLIT: tl.constexpr, K: tl.constexpr,
+    COMPUTE_Y: tl.constexpr, STORE_STATES: tl.constexpr, SPLIT: tl.constexpr, LOCAL: tl.constexpr, K,
     Q: tl.constexpr, BN: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -88,13 +92,17 @@ def ssd_fwd_kernel(
         Dv = tl.load(D_ptr + h * sDh + offs_p * sDp, mask=pmask, other=0.0).to(tl.float32)  # (BP,)
 
     nchunks = tl.cdiv(L, Q)
-    ngroups = tl.cdiv(nchunks, K)
-    st_base = states_ptr + pid_bh * (ngroups + 1) * P * N
-    if SPLIT:  # one group of K chunks, from the state the state pass stored for it
+    st_base = states_ptr + pid_bh * (nchunks + 1) * P * N
+    if SPLIT:  # one group of K chunks: from zero (LOCAL) or from the state entering it
         grp = tl.program_id(2)
+        ngroups = tl.cdiv(nchunks, K)
         c_lo = grp * K
         c_hi = tl.minimum(c_lo + K, nchunks)
-        state = tl.load(st_base + grp * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
+        g_base = gstates_ptr + (pid_bh * ngroups + grp) * P * N
+        if LOCAL:
+            state = tl.zeros([BP, BN], dtype=tl.float32)
+        else:
+            state = tl.load(g_base + pn_offs, mask=pn_mask, other=0.0)
     else:
         c_lo = 0
         c_hi = nchunks
@@ -102,11 +110,11 @@ def ssd_fwd_kernel(
             state = tl.load(init_ptr + pid_bh * P * N + pn_offs, mask=pn_mask, other=0.0).to(tl.float32)
         else:
             state = tl.zeros([BP, BN], dtype=tl.float32)
+    decay = tl.sum(tl.zeros([Q], dtype=tl.float32), 0) + 1.0  # LOCAL: product of the group's carries
 
     for ci in range(c_lo, c_hi):
         if STORE_STATES:
-            if ci % K == 0:
-                tl.store(st_base + (ci // K) * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+            tl.store(st_base + ci * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         t = ci * Q + offs_q
         tmask = t < L
         t = t.to(tl.int64)
@@ -149,7 +157,45 @@ def ssd_fwd_kernel(
         carry = tl.where(r_last == 0, tl.exp(last), 0.0)
         xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
         state = state * carry + mm(tl.trans(xw), Bm, DOT_PREC, UPCAST)  # (BP, BN)
-    if STORE_STATES:
-        tl.store(st_base + ngroups * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
-    if not SPLIT:
+        decay = decay * carry
+    if LOCAL:
+        tl.store(g_base + pn_offs, state, mask=pn_mask)
+        if pid_p == 0:
+            tl.store(gdecay_ptr + pid_bh * ngroups + grp, decay)
+    elif SPLIT:
+        if STORE_STATES:
+            if grp == ngroups - 1:
+                tl.store(st_base + nchunks * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+    else:
+        if STORE_STATES:
+            tl.store(st_base + nchunks * P * N + pn_offs, state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         tl.store(final_ptr + pid_bh * P * N + pn_offs, state, mask=pn_mask)
+
+
+@triton.jit
+def state_combine_kernel(gstates_ptr, gdecay_ptr, init_ptr, final_ptr, PN, NG,
+                         HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Group-level scan of the chunk-parallel passes, in place, elementwise over (P*N) blocks of one (b, h):
+    gstates[g] holds group g's own state (from zero; for REVERSE its own state gradient, from zero at its end)
+    and gdecay[g] its decay; on return gstates[g] holds the state entering group g (REVERSE: the gradient at
+    its end), final the state after the last group (REVERSE: the gradient on the initial state).
+        S <- init (or 0);  for g in order (REVERSE: last first):  gstates[g], S = S, gdecay[g] * S + gstates[g]"""
+    pid_e = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    offs = pid_e * BLOCK + tl.arange(0, BLOCK)
+    m = offs < PN
+    base = gstates_ptr + pid_bh * NG * PN
+    if HAS_INIT:
+        s = tl.load(init_ptr + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
+    else:
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(0, NG):
+        if REVERSE:
+            gi = NG - 1 - k
+        else:
+            gi = k
+        own = tl.load(base + gi * PN + offs, mask=m, other=0.0)
+        d = tl.load(gdecay_ptr + pid_bh * NG + gi)
+        tl.store(base + gi * PN + offs, s, mask=m)
+        s = d * s + own
+    tl.store(final_ptr + pid_bh * PN + offs, s, mask=m)
