@@ -1,6 +1,6 @@
 """Tuning sweep of the Triton SSD's chunk-parallel passes: every forced group size K against the sequential passes.
 
-    PYTHONPATH=.:.anchor python3 bench/gpu_fwd_split.py
+    PYTHONPATH=.:.anchor python3 bench/gpu_fwd_split.py [--shapes 0,2,...] [--ks 0,8,16,32]
 
 For each shape: the forward with MAMBA_COMPAT_TRITON_FWD_SPLIT=K (0 = sequential), then forward+backward with
 the forward at its heuristic choice and MAMBA_COMPAT_TRITON_BWD_SPLIT=K; the heuristic's own K (`group_split`)
@@ -25,6 +25,9 @@ except Exception:  # noqa: BLE001
 
 SHAPES = [  # b, L, H, G, N, dtype, z
     (1, 32768, 32, 1, 128, torch.bfloat16, False),
+    (1, 65536, 24, 1, 128, torch.bfloat16, False),
+    (2, 4096, 128, 8, 128, torch.bfloat16, False),
+    (1, 8192, 80, 8, 128, torch.bfloat16, False),
     (1, 65536, 24, 1, 128, torch.bfloat16, True),
     (1, 8192, 80, 8, 64, torch.bfloat16, True),
     (2, 32768, 4, 1, 128, torch.bfloat16, False),
@@ -51,9 +54,16 @@ def timed(fn, reps=10):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="", help="indices into SHAPES (default: all)")
+    ap.add_argument("--ks", default=",".join(map(str, KS)), help="group sizes to force (0 = sequential)")
+    a = ap.parse_args()
+    shapes = [SHAPES[int(i)] for i in a.shapes.split(",")] if a.shapes else SHAPES
+    ks = [int(k) for k in a.ks.split(",")]
     print(f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs); "
           f"upstream: {upstream is not None}; ms; K=0 is sequential", flush=True)
-    for b, L, H, G, N, dtype, has_z in SHAPES:
+    for b, L, H, G, N, dtype, has_z in shapes:
         gen = torch.Generator(device="cuda").manual_seed(0)
         r = lambda *s, dt=dtype: torch.randn(*s, device="cuda", generator=gen).to(dt)  # noqa: E731
         x, dt, B, C = r(b, L, H, 64), r(b, L, H, dt=torch.float32) * 0.5 - 1, r(b, L, G, N), r(b, L, G, N)
@@ -75,13 +85,13 @@ def main():
         auto_f = ours.group_split(b, H, 64, nchunks, x.device)
         auto_b = ours.group_split(b, H, 64, -(-L // ours.kernel_chunk(256, L, True)), x.device, True)
         cells_f, cells_b = [], []
-        for k in KS:
+        for k in ks:
             if k and k >= nchunks:
                 continue
             os.environ["MAMBA_COMPAT_TRITON_FWD_SPLIT"] = str(k)
             cells_f.append(f"K{k} {timed(fwd):.3f}")
         os.environ.pop("MAMBA_COMPAT_TRITON_FWD_SPLIT")
-        for k in KS:
+        for k in ks:
             if k and k >= nchunks:
                 continue
             os.environ["MAMBA_COMPAT_TRITON_BWD_SPLIT"] = str(k)

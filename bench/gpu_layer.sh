@@ -12,9 +12,11 @@ ls .wheels/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps --no-ind
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [[ $stages == *tests* ]]; then
-  MAMBA_COMPAT_RECORD_ERRORS=$OUT/errors.jsonl timeout "${TEST_TIMEOUT:-330}" python3 -m pytest -q -p no:cacheprovider \
-    tests/test_triton.py tests/test_conv1d.py tests/test_rmsnorm.py tests/test_contract_dtypes.py tests/test_mamba2.py \
-    tests/test_state_update.py tests/memrl/test_distributed.py tests/memrl/test_rollout.py 2>&1 | tee "$OUT/tests.log" | tail -25
+  TESTS="${TESTS:-tests/test_triton.py tests/test_conv1d.py tests/test_rmsnorm.py tests/test_contract_dtypes.py \
+    tests/test_mamba2.py tests/test_state_update.py tests/memrl/test_distributed.py tests/memrl/test_rollout.py}"
+  MAMBA_COMPAT_RECORD_ERRORS=$OUT/errors.jsonl timeout "${TEST_TIMEOUT:-330}" python3 -m pytest -q -rfE --tb=short \
+    -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1
+  grep -E "passed|failed|FAILED|ERROR" "$OUT/tests.log" | tail -20
   python3 bench/tolerances.py "$OUT/errors.jsonl" > "$OUT/tolerances.txt" && head -25 "$OUT/tolerances.txt"
 fi
 wait_cc() { [ -n "$CC_BUILD_PID" ] && { wait "$CC_BUILD_PID"; tail -2 /tmp/cc_build.log; CC_BUILD_PID=; }; }
@@ -24,10 +26,9 @@ if [[ $stages == *bench* ]]; then
   timeout "${LAYER_TIMEOUT:-300}" python3 bench/gpu_layer.py ${LAYER_ARGS:-} 2>&1 | tee "$OUT/layer.txt" | tail -25
 fi
 if [[ $stages == *split* ]]; then
-  timeout "${SPLIT_TIMEOUT:-200}" python3 bench/gpu_fwd_split.py 2>&1 | tee "$OUT/split.txt"
+  timeout "${SPLIT_TIMEOUT:-200}" python3 bench/gpu_fwd_split.py ${SPLIT_ARGS:-} 2>&1 | tee "$OUT/split.txt"
 fi
 if [[ $stages == *grid* ]]; then
   timeout "${GRID_TIMEOUT:-300}" python3 bench/gpu_grid.py --budget "${GRID_BUDGET:-240}" ${GRID_ARGS:-} 2>&1 | tee "$OUT/grid.txt"
 fi
 wait_cc
-[ -d .anchor/site/causal_conv1d ] && [ ! -f "$OUT/cc_site.tar.xz" ] && (cd .anchor/site && tar cJf "$OUT/cc_site.tar.xz" .)

@@ -139,11 +139,12 @@ def test_split_backward_equals_sequential_and_oracle(k, monkeypatch):
     opts = dict(dt_softplus=True)
     names = [n for n in GRAD_NAMES if n in kw]
     torch.manual_seed(0)
-    gy, gf = torch.randn(2, 87, 2, 16, dtype=torch.float64), torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    gy = torch.randn(2, 87, 2, 16, dtype=torch.float64).to(DEV)
+    gf = torch.randn(2, 2, 16, 16, dtype=torch.float64).to(DEV)
 
     def grads(fn, inputs):
         y, fin = _run(fn, inputs, 16, **opts)
-        loss = (y.double() * gy).sum() + (fin.double() * gf).sum()
+        loss = (y.double() * gy.to(y.device)).sum() + (fin.double() * gf.to(y.device)).sum()
         return torch.autograd.grad(loss, [inputs[n] for n in names])
 
     monkeypatch.setenv("MAMBA_COMPAT_TRITON_BWD_SPLIT", "0")
