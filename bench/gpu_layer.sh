@@ -22,7 +22,7 @@ fi
 wait_cc() { [ -n "$CC_BUILD_PID" ] && { wait "$CC_BUILD_PID"; tail -2 /tmp/cc_build.log; CC_BUILD_PID=; }; }
 if [[ $stages == *bench* ]]; then
   wait_cc  # upstream's fastest path needs causal-conv1d
-  timeout "${CONV_TIMEOUT:-120}" python3 bench/gpu_conv_norm.py 2>&1 | tee "$OUT/conv_norm.txt" | tail -20
+  [ "${CONV_TIMEOUT:-120}" != 0 ] && timeout "${CONV_TIMEOUT:-120}" python3 bench/gpu_conv_norm.py 2>&1 | tee "$OUT/conv_norm.txt" | tail -20
   timeout "${LAYER_TIMEOUT:-300}" python3 bench/gpu_layer.py ${LAYER_ARGS:-} 2>&1 | tee "$OUT/layer.txt" | tail -25
 fi
 if [[ $stages == *split* ]]; then
