@@ -14,7 +14,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [[ $stages == *tests* ]]; then
   TESTS="${TESTS:-tests/test_triton.py tests/test_conv1d.py tests/test_rmsnorm.py tests/test_contract_dtypes.py \
     tests/test_mamba2.py tests/test_state_update.py tests/memrl/test_distributed.py tests/memrl/test_rollout.py}"
-  MAMBA_COMPAT_RECORD_ERRORS=$OUT/errors.jsonl timeout "${TEST_TIMEOUT:-330}" python3 -m pytest -q -rfE --tb=short \
+  MAMBA_COMPAT_TRITON_AUTOTUNE=${TEST_AUTOTUNE:-1} MAMBA_COMPAT_RECORD_ERRORS=$OUT/errors.jsonl timeout "${TEST_TIMEOUT:-330}" python3 -m pytest -q -rfE --tb=short \
     -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1
   grep -E "passed|failed|FAILED|ERROR" "$OUT/tests.log" | tail -20
   python3 bench/tolerances.py "$OUT/errors.jsonl" > "$OUT/tolerances.txt" && head -25 "$OUT/tolerances.txt"
