@@ -35,6 +35,7 @@ SHAPES = [  # b, L, H, G, N, dtype, z
     (8, 2048, 32, 1, 128, torch.bfloat16, False),
     (1, 16384, 8, 1, 128, torch.float32, False),
     (64, 256, 4, 1, 64, torch.float32, False),
+    (64, 2048, 4, 1, 64, torch.float32, False),
 ]
 KS = (0, 1, 2, 4, 8, 16, 32)
 
