@@ -30,7 +30,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_compat import Mamba2  # noqa: E402
-from mamba_compat.modules import mamba2 as ours_mod, rmsnorm_gated as ours_norm  # noqa: E402
+import importlib  # noqa: E402
+ours_mod = importlib.import_module("mamba_compat.modules.mamba2")
+ours_norm = importlib.import_module("mamba_compat.modules.rmsnorm_gated")  # the module (the package exports a function of that name)
 
 try:
     from mamba_ssm.modules.mamba2 import Mamba2 as UpMamba2
@@ -213,25 +215,36 @@ def main():
           f"triton {__import__('triton').__version__}, {datetime.date.today()}; upstream: "
           f"{'ok' if UP_ERR is None else UP_ERR}; causal_conv1d: {HAVE_CC}")
     shapes = [(1024, 8, 2048)] if args.quick else [(d, b, L) for d in (1024, 2560) for b in (1, 8) for L in (2048, 8192)]
-    rows = [run_shape(d, b, L, 10 if args.quick else 20) for d, b, L in shapes]
-    dec = [decode_row(d, bs) for d in ((1024,) if args.quick else (1024, 2560)) for bs in ((16,) if args.quick else (1, 16, 128))]
-    names = [k[:-4] for k in rows[0] if k.endswith(" fwd")]
-    ref = names[0]
-    print(f"\nlayer (ms; ratio = {ref} / ours; peak MB = memory a fwd+bwd adds)")
-    print("d_model  b     L | " + " | ".join(f"{n} fwd, fwd+bwd, MB" for n in names) + " | fwd x  fwd+bwd x")
-    for r in rows:
-        cells = " | ".join(f"{r[n + ' fwd']:.3f} {r[n + ' fwdbwd']:.3f} {r[n + ' peak MB']:.0f}" for n in names)
-        print(f"{r['d_model']:7d} {r['b']:2d} {r['L']:5d} | {cells} | {r[ref + ' fwd'] / r['ours fwd']:.2f}x "
-              f"{r[ref + ' fwdbwd'] / r['ours fwdbwd']:.2f}x   err(y, dx, dW_in) {[f'{e:.1e}' for e in r.get('err ours', [])]}")
-    print("\ndecode step (us per token, eager and CUDA graph)")
-    for r in dec:
-        cells = " | ".join(f"{n}: {r[n + ' eager us']:.1f} / {r[n + ' graph us']:.1f}" for n in names)
-        print(f"d_model {r['d_model']} batch {r['batch']:4d} | {cells}   err(out, state) "
-              f"{[f'{e:.1e}' for e in r.get('err ours', [])]}")
+    decodes = [(d, bs) for d in ((1024,) if args.quick else (1024, 2560)) for bs in ((16,) if args.quick else (1, 16, 128))]
     path = os.path.join(os.environ.get("OUT", "."), "gpu_layer.json")
-    with open(path, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "date": str(datetime.date.today()),
-                   "torch": torch.__version__, "layer": rows, "decode": dec}, f, indent=1)
+    rows, dec = [], []
+
+    def save():
+        with open(path, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "date": str(datetime.date.today()),
+                       "torch": torch.__version__, "layer": rows, "decode": dec}, f, indent=1)
+
+    # rows are printed as they come (a run cut short keeps what it measured): the headline shape, then decode,
+    # then the other layer shapes
+    order = [("layer", shapes[0])] + [("decode", d) for d in decodes] + [("layer", s) for s in shapes[1:]]
+    for kind, spec in order:
+        if kind == "layer":
+            r = run_shape(*spec, 10 if args.quick else 20)
+            rows.append(r)
+            names = [k[:-4] for k in r if k.endswith(" fwd")]
+            ref = names[0]
+            cells = " | ".join(f"{n}: {r[n + ' fwd']:.3f} {r[n + ' fwdbwd']:.3f} {r[n + ' peak MB']:.0f}MB" for n in names)
+            print(f"layer d_model {r['d_model']} b{r['b']} L{r['L']} (ms fwd, fwd+bwd, peak) | {cells} | ours vs {ref}: "
+                  f"fwd {r[ref + ' fwd'] / r['ours fwd']:.2f}x fwd+bwd {r[ref + ' fwdbwd'] / r['ours fwdbwd']:.2f}x "
+                  f"err(y, dx, dW_in) {[f'{e:.1e}' for e in r.get('err ours', [])]}", flush=True)
+        else:
+            r = decode_row(*spec)
+            dec.append(r)
+            names = [k[:-9] for k in r if k.endswith(" eager us")]
+            cells = " | ".join(f"{n}: {r[n + ' eager us']:.1f} / {r[n + ' graph us']:.1f}" for n in names)
+            print(f"decode d_model {r['d_model']} batch {r['batch']} (us per token, eager / graph) | {cells}   "
+                  f"err(out, state) {[f'{e:.1e}' for e in r.get('err ours', [])]}", flush=True)
+        save()
 
 
 if __name__ == "__main__":
