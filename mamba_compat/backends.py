@@ -1,7 +1,9 @@
 """Backend selection: one op contract, several implementations, nothing above the op knows which ran.
 
-    auto       triton on CUDA tensors, metal on MPS tensors when the extension is built, reference otherwise
-    reference  chunked SSD in plain PyTorch (any device)
+    auto       triton on CUDA tensors, metal on MPS tensors when the extension is built, cpu on CPU tensors,
+               reference otherwise
+    cpu        the chunked SSD in PyTorch with a hand-written backward, laid out for the CPU (CPU tensors, every dtype)
+    reference  chunked SSD in plain PyTorch (any device; the readable listing and the kernels' oracle)
     naive      sequential loop (any device; the test oracle, slow)
     triton     our Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1, for tests)
     metal      our Metal kernels (MPS; needs the extension that `pip install -e .` builds on macOS)
@@ -9,8 +11,9 @@
 Force one with MAMBA_COMPAT_BACKEND=<name> or mamba_compat.set_backend(name). Forcing a backend that
 cannot run on the tensors it gets raises BackendUnavailable with the reason and the fix: never a silent
 fallback. Auto uses the reference, and warns once per device type, where the device's kernels cannot run (MPS
-without the extension, CUDA without the triton package). float64 inputs go to the reference on every device under
-auto (the kernels compute in fp32; a forced triton or metal refuses float64).
+without the extension, CUDA without the triton package). float64 inputs go to the reference on CUDA and MPS under
+auto (those kernels compute in fp32; a forced triton or metal refuses float64); on CPU the cpu backend takes them.
+The conv, norm and decode step have no cpu-specific code: `cpu` runs their reference.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Optional
 
 import torch
 
-BACKENDS = ("auto", "reference", "naive", "triton", "metal")
+BACKENDS = ("auto", "cpu", "reference", "naive", "triton", "metal")
 _forced: Optional[str] = None
 _warned: set = set()  # device types auto has warned about
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,9 +83,17 @@ def metal_status(device: torch.device) -> tuple[bool, str]:
     return True, "ok"
 
 
+def cpu_status(device: torch.device) -> tuple[bool, str]:
+    if device.type == "cpu":
+        return True, "ok"
+    return False, f"the cpu backend runs on CPU tensors (got {device.type}); use 'reference' for PyTorch on {device.type}"
+
+
 def status(name: str, device: torch.device) -> tuple[bool, str]:
     if name in ("reference", "naive"):
         return True, "ok"
+    if name == "cpu":
+        return cpu_status(device)
     if name == "triton":
         return triton_status(device)
     if name == "metal":
@@ -100,6 +111,8 @@ def resolve(device: torch.device) -> str:
                                      "Unset MAMBA_COMPAT_BACKEND / call mamba_compat.set_backend('auto') to choose "
                                      "automatically.")
         return name
+    if device.type == "cpu":
+        return "cpu"
     kernels = {"cuda": ("triton", triton_status), "mps": ("metal", metal_status)}.get(device.type)
     if kernels is None:
         return "reference"
@@ -115,12 +128,13 @@ def resolve(device: torch.device) -> str:
 
 def resolve_for_call(name: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """The backend for one op call on inputs of `dtype`: `name` if given (checked like a forced one), else the
-    forced or automatic choice for `device`. float64 inputs: auto gives the reference; a forced triton / metal
-    raises BackendUnavailable."""
+    forced or automatic choice for `device`. float64 inputs: auto gives the reference in place of triton / metal
+    (cpu takes them); a forced triton / metal raises BackendUnavailable."""
     requested = get_backend() if name is None else _check_name(name)
     if requested == "auto":
         chosen = resolve(device)
-        return "reference" if dtype is not None and dtype not in KERNEL_DTYPES else chosen
+        fp32_kernel = chosen in ("triton", "metal")
+        return "reference" if fp32_kernel and dtype is not None and dtype not in KERNEL_DTYPES else chosen
     if name is None:
         resolve(device)  # a globally forced backend that cannot run raises there, with the way back to auto
     ok, why = status(requested, device)
@@ -149,6 +163,7 @@ def backend_info() -> dict:
                 warnings.simplefilter("ignore")
                 auto = resolve(dev)
         else:
-            auto = "triton" if "triton" in ok and d == "cuda" else ("metal" if "metal" in ok else "reference")
+            auto = ("triton" if "triton" in ok and d == "cuda" else "metal" if "metal" in ok else
+                    "cpu" if d == "cpu" else "reference")
         info["devices"][d] = {"available": ok, "auto": auto, "status": avail}
     return info

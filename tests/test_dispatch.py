@@ -13,7 +13,7 @@ from op_testing import make_problem
 def calls(monkeypatch):
     """Record which backend's chunk_scan ran."""
     seen = []
-    for name in ("naive", "reference"):
+    for name in ("naive", "reference", "cpu"):
         real = ssd.chunk_scan_impl(name)
 
         def spy(*a, _name=name, _real=real):
@@ -27,10 +27,17 @@ def _call(**kw):
     return mamba_chunk_scan_combined(chunk_size=8, **make_problem(l=9, dtype=torch.float32), **kw)
 
 
-def test_auto_is_reference_on_cpu(calls, monkeypatch):
+def test_auto_is_cpu_on_cpu_for_every_dtype(calls, monkeypatch):
     monkeypatch.delenv("MAMBA_COMPAT_BACKEND", raising=False)
     _call()
-    assert calls == ["reference"]
+    mamba_chunk_scan_combined(chunk_size=8, **make_problem(l=9, dtype=torch.float64))
+    assert calls == ["cpu", "cpu"]
+    assert backends.resolve_for_call(None, torch.device("cpu"), torch.bfloat16) == "cpu"
+
+
+def test_cpu_backend_refuses_other_devices():
+    with pytest.raises(backends.BackendUnavailable, match="cpu backend runs on CPU tensors \\(got meta\\)"):
+        backends.resolve_for_call("cpu", torch.device("meta"), torch.float32)
 
 
 def test_set_backend_and_env_var(calls, monkeypatch):
@@ -41,8 +48,10 @@ def test_set_backend_and_env_var(calls, monkeypatch):
     _call()
     mamba_compat.set_backend("reference")  # set_backend wins over the environment
     _call()
-    assert calls == ["naive", "naive", "reference"]
     assert mamba_compat.get_backend() == "reference"
+    mamba_compat.set_backend("cpu")
+    _call()
+    assert calls == ["naive", "naive", "reference", "cpu"]
 
 
 def test_per_call_backend(calls):
@@ -54,8 +63,8 @@ def test_per_call_backend(calls):
 def test_backend_info_reports_cpu():
     info = mamba_compat.backend_info()
     cpu = info["devices"]["cpu"]
-    assert cpu["auto"] == "reference"
-    assert {"reference", "naive"} <= set(cpu["available"])
+    assert cpu["auto"] == "cpu"
+    assert {"cpu", "reference", "naive"} <= set(cpu["available"])
     assert "metal" not in cpu["available"]
     assert "MPS" in cpu["status"]["metal"]
 

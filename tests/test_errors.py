@@ -96,7 +96,7 @@ def test_forcing_unavailable_backend_raises_with_reason(monkeypatch):
 
 
 def test_unknown_backend_name(monkeypatch):
-    with pytest.raises(ValueError, match=r"unknown backend 'cuda'; choose one of auto, reference, naive, triton, metal"):
+    with pytest.raises(ValueError, match=r"unknown backend 'cuda'; choose one of auto, cpu, reference, naive, triton, metal"):
         mamba_compat.set_backend("cuda")
     monkeypatch.setenv("MAMBA_COMPAT_BACKEND", "fast")
     with pytest.raises(ValueError, match=r"unknown backend 'fast'"):

@@ -8,7 +8,8 @@ Backends, one file each: reference.py (PyTorch, any device; the oracle, autograd
 triton.py (our Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 for tests). The backend
 is mamba_compat.backends' choice, as for the scan (`backend=` per call, else set_backend /
 MAMBA_COMPAT_BACKEND, else auto: triton on CUDA tensors, reference otherwise). 'naive' and 'metal' run the
-reference here: the Metal backend has no conv kernels and the reference is its own oracle. Forcing a backend
+reference here: the Metal backend has no conv kernels and the reference is its own oracle; 'cpu' runs the
+reference too (W elementwise taps: a small share of a CPU Mamba2 layer, see README). Forcing a backend
 that cannot run on the tensors (triton on CPU without the interpreter, metal off MPS) raises
 BackendUnavailable. conv_state_after is PyTorch on every backend (a few small ops on (B, W, C)).
 """
@@ -29,7 +30,8 @@ from .reference import (conv_state_after, conv_step, segments_from_cu_seqlens, s
 __all__ = ["causal_conv1d", "causal_conv1d_update", "conv_state_after", "conv_step", "segments_from_seq_idx",
            "segments_from_reset", "segments_from_cu_seqlens", "impl_name"]
 
-_BACKEND_FOR = {"reference": "reference", "naive": "reference", "metal": "reference", "triton": "triton"}
+_BACKEND_FOR = {"reference": "reference", "naive": "reference", "metal": "reference", "cpu": "reference",
+                "triton": "triton"}
 _triton = None
 
 

@@ -6,7 +6,8 @@ Backends, one file each: reference.py (PyTorch, any device; the oracle, autograd
 triton.py (our Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 for tests). The backend
 is mamba_compat.backends' choice, as for the scan (`backend=` per call, else set_backend /
 MAMBA_COMPAT_BACKEND, else auto: triton on CUDA tensors, reference otherwise). 'naive' and 'metal' run the
-reference here: the Metal backend has no norm kernel and the reference is its own oracle. Forcing a backend
+reference here: the Metal backend has no norm kernel and the reference is its own oracle ('cpu' runs the
+reference too). Forcing a backend
 that cannot run on the tensors raises BackendUnavailable.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Selective state-space scan (SSD), chunked: the op contract of DESIGN §1.
 
-Backends, one file each: naive.py (oracle loop), reference.py (chunked PyTorch), triton.py (CUDA),
-metal.py (MPS). Each exposes `chunk_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+Backends, one file each: naive.py (oracle loop), reference.py (chunked PyTorch), cpu.py (chunked PyTorch with
+a hand-written backward, the CPU default), triton.py (CUDA), metal.py (MPS). Each exposes `chunk_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
 seq_idx, dt_softplus, dt_min, dt_max) -> (y, final_states)`, differentiable in every tensor input.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def chunk_scan_impl(name: str):
     return _IMPLS[name]
 
 
-for _name in ("naive", "reference"):  # cheap and always available: import now, so torch.compile never traces an import
+for _name in ("naive", "reference", "cpu"):  # cheap and always available: import now, so torch.compile never traces an import
     chunk_scan_impl(_name)
 
 
