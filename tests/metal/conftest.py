@@ -2,6 +2,7 @@
 source hash), for the test chunk length 16 (several chunks at small L) and the shipped default."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shim_build import Shim, build, compiler  # noqa: E402
+
+
+REQUIRE_METAL = os.environ.get("MAMBA_COMPAT_REQUIRE_METAL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """MAMBA_COMPAT_REQUIRE_METAL=1 (the macOS workflow): a skip is a failure, so a runner without MPS, an unbuilt
+    extension or a missing compiler cannot pass by skipping everything."""
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_METAL and rep.skipped:
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under MAMBA_COMPAT_REQUIRE_METAL=1: {rep.longrepr}"
 
 
 def _need_compiler():
