@@ -1,13 +1,14 @@
 """The `cpu` SSD backend: the chunked algorithm of reference.py with a hand-written backward, laid out for
 contiguous batched matmuls on the CPU (the auto choice there for every input dtype).
 
-Same four steps as reference.py. Everything per position is held per chunk and head, (nc, b, h, q, p) (a permuted
-copy of (b, L, h, p) that keeps p contiguous: cheap, unlike a transpose), B and C broadcast to the heads,
-(nc, b, h, q, n), so each step is one bmm over nc*b*h contiguous matrices:
-    1. intra-chunk   y += (CB o L) @ (dt x)           (q, q) @ (q, p)
-    2. chunk states  (w dt x)^T @ B                    (p, q) @ (q, n)
-    3. recurrence    S_{c+1} = a_c S_c + states_c      nc small elementwise steps
-    4. state->output y = e (C @ S^T)                   (q, n) @ (n, p)
+Same four steps as reference.py, each one bmm over the b*nc chunks. Two layouts of the per-position tensors:
+    natural (b*nc, q, h*p): x's own layout (no copy without padding); the heads of a group are adjacent columns, so
+        the steps where they share B or C are one matmul for the whole group:
+        2. chunk states  B^T @ (w dt x)              (n, q) @ (q, hg*p)
+        4. state->output C @ S                       (q, n) @ (n, hg*p), times exp(cum_t) per head
+    per head (b*nc, h, q, p): a permuted copy (cheap: p stays contiguous), for the one step whose matrix is per head:
+        1. intra-chunk   (C B^T o L) @ (dt x)        (q, q) @ (q, p)
+    3. recurrence        S_{c+1} = exp(sum_c dt A) S_c + states_c, nc small elementwise steps.
 The backward is written out (no autograd graph of small ops): its matmuls are these transposed, every gradient is
 formed from the forward's kept pieces, and the decay gradient of step r is summed directly over the pairs
 s < r <= t it sits between (a cumsum along s, then a masked sum over t), so nothing cancels (as the Triton backward).
@@ -47,50 +48,20 @@ def _chunk_len(l: int, chunk_size: int) -> tuple[int, int]:
     return -(-l // nc), nc
 
 
-def _to_chunks(t: torch.Tensor, nc: int, q: int, dtype) -> torch.Tensor:
-    """(b, l, k, m) -> (nc, b, k, q, m) in dtype, zero past l."""
-    b, l, k, m = t.shape
-    out = torch.empty(nc, b, k, q, m, dtype=dtype, device=t.device)
-    view = out.permute(1, 0, 3, 2, 4)  # (b, nc, q, k, m) view of out
-    full = l // q
-    if full:
-        view[:, :full].copy_(t[:, :full * q].view(b, full, q, k, m))
-    if full < nc:
-        view[:, full, :l - full * q].copy_(t[:, full * q:])
-        view[:, full, l - full * q:].zero_()
+def _pad(t: torch.Tensor, length: int, dtype) -> torch.Tensor:
+    """(b, l, ...) -> (b, length, ...) in dtype, zero past l (t itself when nothing changes)."""
+    t = t.to(dtype)
+    if t.shape[1] == length:
+        return t
+    out = t.new_zeros((t.shape[0], length) + tuple(t.shape[2:]))
+    out[:, :t.shape[1]] = t
     return out
 
 
-def _from_chunks(t: torch.Tensor, l: int, out: torch.Tensor) -> torch.Tensor:
-    """(nc, b, k, q, m) -> out (b, l, k, m) (written and returned); the padded tail is dropped."""
-    nc, b, k, q, m = t.shape
-    view = t.permute(1, 0, 3, 2, 4)  # (b, nc, q, k, m)
-    full = l // q
-    if full:
-        out[:, :full * q].view(b, full, q, k, m).copy_(view[:, :full])
-    if full < nc:
-        out[:, full * q:].copy_(view[:, full, :l - full * q])
-    return out
-
-
-def _time_chunks(t: torch.Tensor, nc: int, q: int) -> torch.Tensor:
-    """(b, l, h) -> (nc, b, h, q), zero past l."""
-    b, l, h = t.shape
-    if nc * q > l:
-        t = F.pad(t, (0, 0, 0, nc * q - l))
-    return t.view(b, nc, q, h).permute(1, 0, 3, 2).contiguous()
-
-
-def _heads(t: torch.Tensor, hg: int) -> torch.Tensor:
-    """(nc, b, g, q, n) -> (nc, b, g * hg, q, n): each group's B or C copied to its heads (a view when hg == 1)."""
-    nc, b, g, q, n = t.shape
-    return t if hg == 1 else t[:, :, :, None].expand(nc, b, g, hg, q, n).reshape(nc, b, g * hg, q, n)
-
-
-def _group_sum(t: torch.Tensor, g: int) -> torch.Tensor:
-    """(nc, b, h, q, n) -> (nc, b, g, q, n): summed over the heads of each group."""
-    nc, b, h, q, n = t.shape
-    return t if h == g else t.view(nc, b, g, h // g, q, n).sum(3)
+def _group_cols(h: int, g: int, p: int):
+    """The column slice of each group's heads in a (..., h*p) matrix."""
+    hg = h // g
+    return [slice(i * hg * p, (i + 1) * hg * p) for i in range(g)]
 
 
 def _process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max):
@@ -122,33 +93,36 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     hg = h // g
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     q, nc = _chunk_len(l, chunk_size)
-    bh = nc * b * h
+    bn, T, hp = b * nc, nc * q, h * p
+    cols = _group_cols(h, g, p)
 
     dtp, dt_deriv = _process_dt(dt.to(cdt), dt_bias, dt_softplus, dt_min, dt_max)  # (b, l, h)
-    dtc = _time_chunks(dtp, nc, q)  # (nc, b, h, q)
+    dtN = _pad(dtp, T, cdt).view(bn, q, h)  # padded steps: dt = 0, no decay and no input
+    dtH = dtN.transpose(1, 2).contiguous()  # (bn, h, q)
     Af = A.to(cdt)
-    cum64 = (dtc * Af[:, None]).double().cumsum(-1)  # decay exponent from the chunk start through t, (nc, b, h, q)
+    cum64 = (dtH * Af[:, None]).double().cumsum(-1)  # decay exponent from the chunk start through t, (bn, h, q)
     hi = cum64.to(cdt)
 
     # masks: causal within the chunk; with seq_idx only pairs, and carried states, within one segment
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()  # [t, s]: s <= t
-    e = _exp(cum64, cdt)  # exp(cum_t): the carried-in state's decay to position t, (nc, b, h, q)
-    w = _exp(cum64[..., -1:] - cum64, cdt)  # exp(cum_last - cum_s): position s to the chunk's end state
-    a = _exp(cum64[..., -1], cdt)  # the whole chunk's decay, (nc, b, h)
+    eH = _exp(cum64, cdt)  # exp(cum_t): the carried-in state's decay to position t, (bn, h, q)
+    wH = _exp(cum64[..., -1:] - cum64, cdt)  # exp(cum_last - cum_s): position s to the chunk's end state
+    a = _exp(cum64[..., -1], cdt)  # the whole chunk's decay, (bn, h)
     mask = causal
     if seq_idx is not None:
-        seg = _time_chunks(segment_ids(seq_idx)[..., None], nc, q)[:, :, 0]  # (nc, b, q)
-        tail = l - (nc - 1) * q
-        if tail < q:  # padded steps continue the last segment (they carry nothing: dt = 0 there)
-            seg[-1, :, tail:] = seg[-1, :, tail - 1:tail]
-        seg_end = seg[..., -1]  # (nc, b)
-        seg_prev = torch.cat([seg_end.new_zeros(1, b), seg_end[:-1]])  # segment of the carried-in state
-        mask = (causal & (seg[..., :, None] == seg[..., None, :]))[:, :, None]  # (nc, b, 1, q, q)
-        e = e * (seg == seg_prev[..., None])[:, :, None].to(cdt)
-        w = w * (seg == seg_end[..., None])[:, :, None].to(cdt)
-        a = a * (seg_end == seg_prev)[..., None].to(cdt)
+        ids = segment_ids(seq_idx)  # (b, l)
+        if T > l:  # padded steps continue the last segment
+            ids = torch.cat([ids, ids[:, -1:].expand(b, T - l)], dim=1)
+        seg = ids.view(bn, q)
+        seg_end = ids.view(b, nc, q)[..., -1]  # (b, nc)
+        seg_prev = torch.cat([seg_end.new_zeros(b, 1), seg_end[:, :-1]], dim=1)  # segment of the carried-in state
+        mask = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None]  # (bn, 1, q, q)
+        eH = eH * (seg == seg_prev.reshape(bn, 1))[:, None].to(cdt)
+        wH = wH * (seg == seg_end.reshape(bn, 1))[:, None].to(cdt)
+        a = a * (seg_end == seg_prev).reshape(bn, 1).to(cdt)
+    eN, wN = eH.transpose(1, 2).contiguous(), wH.transpose(1, 2).contiguous()  # (bn, q, h)
 
-    # decay L[t, s] = exp(cum_t - cum_s) for s <= t in one segment, else 0; (nc, b, h, q, q)
+    # decay L[t, s] = exp(cum_t - cum_s) for s <= t in one segment, else 0; (bn, h, q, q)
     L = hi[..., :, None] - hi[..., None, :]
     if cdt == torch.float32:  # exp of -inf or of exponents under ~-87 is ~5-20x slower than of normal ones
         lo = (cum64 - hi.double()).to(cdt)
@@ -158,55 +132,73 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     else:
         L.masked_fill_(~mask, -math.inf).exp_()
 
-    xc = _to_chunks(x, nc, q, cdt)  # (nc, b, h, q, p)
-    u = xc * dtc[..., None]  # dt_s x_s
-    Bc, Cc = _to_chunks(B, nc, q, cdt), _to_chunks(C, nc, q, cdt)  # (nc, b, g, q, n)
-    CB = torch.matmul(Cc, Bc.transpose(-1, -2)).view(nc, b, g, 1, q, q)  # C_t . B_s
-    M = L.view(nc, b, g, hg, q, q).mul_(CB) if not keep else L.view(nc, b, g, hg, q, q) * CB  # scores
-    Bh, Ch = _heads(Bc, hg), _heads(Cc, hg)  # (nc, b, h, q, n)
+    XN = _pad(x, T, cdt).view(bn, q, h, p)
+    UN = XN * dtN[..., None]  # dt_s x_s, natural layout
+    UH = UN.transpose(1, 2).contiguous()  # (bn, h, q, p)
+    Bg = _pad(B, T, cdt).view(bn, q, g, n).transpose(1, 2).contiguous()  # (bn, g, q, n)
+    Cg = _pad(C, T, cdt).view(bn, q, g, n).transpose(1, 2).contiguous()
+    CB = torch.matmul(Cg, Bg.transpose(-1, -2))  # C_t . B_s, (bn, g, q, q)
+    M = L.view(bn, g, hg, q, q) * CB[:, :, None] if keep else L.view(bn, g, hg, q, q).mul_(CB[:, :, None])
+    M = M.view(bn, h, q, q)
 
-    # 2. chunk states: sum_s w_s dt_s x_s (x) B_s
-    uw = u * w[..., None]
-    states = torch.bmm(uw.view(bh, q, p).transpose(1, 2), Bh.reshape(bh, q, n)).view(nc, b, h, p, n)
-    # 3. inter-chunk recurrence; S[c] = the state entering chunk c, S[nc] = final
-    S = torch.empty(nc + 1, b, h, p, n, dtype=cdt, device=x.device)
+    # 2. chunk states: sum_s w_s dt_s x_s (x) B_s, stored transposed (n, h*p) per chunk
+    UW = (UN * wN[..., None]).view(bn, q, hp)
+    states = _group_mm([Bg[:, i].transpose(1, 2) for i in range(g)], [UW[:, :, c] for c in cols], (bn, n, hp), cols)
+    states = states.view(b, nc, n, h, p)
+    # 3. inter-chunk recurrence: S_in[:, c] = the state entering chunk c, (b, nc, n, h, p)
+    a5 = a.view(b, nc, 1, h, 1)
+    S_in = torch.empty(b, nc, n, h, p, dtype=cdt, device=x.device)
     if initial_states is not None:
-        S[0].copy_(initial_states)
+        S_in[:, 0].copy_(initial_states.permute(0, 3, 1, 2))
     else:
-        S[0].zero_()
-    a4 = a[..., None, None]
-    for c in range(nc):
-        torch.addcmul(states[c], a4[c], S[c], out=S[c + 1])
-    # 4. state -> output, then 1. the intra-chunk part accumulated onto it
-    y_off = torch.bmm(Ch.reshape(bh, q, n), S[:nc].view(bh, p, n).transpose(1, 2)).view(nc, b, h, q, p)
-    yc = y_off * e[..., None]
-    yc.view(bh, q, p).baddbmm_(M.view(bh, q, q), u.view(bh, q, p))
+        S_in[:, 0].zero_()
+    for c in range(nc - 1):
+        torch.addcmul(states[:, c], a5[:, c], S_in[:, c], out=S_in[:, c + 1])
+    final = torch.addcmul(states[:, -1], a5[:, -1], S_in[:, -1]).permute(0, 2, 3, 1).contiguous()  # (b, h, p, n)
+    # 4. state -> output, then 1. the intra-chunk part added
+    Sm = S_in.view(bn, n, hp)
+    Yoff = _group_mm([Cg[:, i] for i in range(g)], [Sm[:, :, c] for c in cols], (bn, q, hp), cols)
+    Y = Yoff.view(bn, q, h, p) * eN[..., None]
+    Y.add_(torch.matmul(M, UH).transpose(1, 2))
 
     xf = x.to(cdt)
-    y = _from_chunks(yc, l, torch.empty(b, l, h, p, dtype=cdt, device=x.device))
+    y = Y.view(b, T, h, p)[:, :l]
     if D is not None:
         Df = D.to(cdt)
-        y.addcmul_(xf, Df[:, None] if Df.dim() == 1 else Df)
+        y = torch.addcmul(y, xf, Df[:, None] if Df.dim() == 1 else Df)
     y_pre = y
     if z is not None:
         y = y * F.silu(z.to(cdt))
-    final = S[nc]
     saved = None
     if keep:
-        saved = dict(shape=(b, l, h, p, g, n, q, nc), cdt=cdt, dtc=dtc, dt_deriv=dt_deriv, Af=Af, e=e, w=w, a=a,
-                     L=L, M=M, xc=xc, u=u, uw=uw, Bc=Bc, Cc=Cc, Bh=Bh, Ch=Ch, S=S, y_off=y_off, y_pre=y_pre, xf=xf,
-                     D=D, z=z, has_bias=dt_bias is not None, has_init=initial_states is not None)
+        saved = dict(shape=(b, l, h, p, g, n, q, nc), cdt=cdt, dtN=dtN, dtH=dtH, dt_deriv=dt_deriv, Af=Af, eN=eN,
+                     eH=eH, wN=wN, wH=wH, a=a, L=L, M=M, XN=XN, UN=UN, UH=UH, UW=UW, Bg=Bg, Cg=Cg, S_in=S_in,
+                     Yoff=Yoff, y_pre=y_pre, xf=xf, D=D, z=z, has_bias=dt_bias is not None,
+                     has_init=initial_states is not None)
     return y.to(x.dtype), final, saved
+
+
+def _group_mm(lhs, rhs, shape, cols):
+    """One bmm per group: lhs[i] @ rhs[i] into the group's column slice of a new `shape` tensor (one plain bmm
+    when there is one group)."""
+    if len(cols) == 1:
+        return torch.bmm(lhs[0], rhs[0])
+    out = lhs[0].new_empty(shape)
+    for lh, rh, c in zip(lhs, rhs, cols):
+        out[:, :, c] = torch.bmm(lh, rh)
+    return out
 
 
 def _backward(sv, dy, dfinal):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states) in the compute dtype (None where the
     input was None), from _forward's kept pieces and the incoming dy (b, l, h, p), dfinal (b, h, p, n) or None."""
     b, l, h, p, g, n, q, nc = sv["shape"]
-    cdt, bh, bg = sv["cdt"], nc * b * h, nc * b * g
+    cdt, hg = sv["cdt"], h // g
+    bn, T, hp = b * nc, nc * q, h * p
+    cols = _group_cols(h, g, p)
+    eN, eH, wN, wH, a, M, L = sv["eN"], sv["eH"], sv["wN"], sv["wH"], sv["a"], sv["M"], sv["L"]
+    UN, UH, Bg, Cg, S_in = sv["UN"], sv["UH"], sv["Bg"], sv["Cg"], sv["S_in"]
     dy = dy.to(cdt)
-    e, w, a, S, M, L, u = sv["e"], sv["w"], sv["a"], sv["S"], sv["M"], sv["L"], sv["u"]
-    Bc, Cc, Bh, Ch = sv["Bc"], sv["Cc"], sv["Bh"], sv["Ch"]
     dz = None
     if sv["z"] is not None:  # y = y_pre * silu(z)
         zf = sv["z"].to(cdt)
@@ -218,64 +210,70 @@ def _backward(sv, dy, dfinal):
         dD = (dy * sv["xf"]).sum((0, 1))  # (h, p)
         if sv["D"].dim() == 1:
             dD = dD.sum(-1)
-    dyc = _to_chunks(dy, nc, q, cdt)  # (nc, b, h, q, p)
+    dYN = _pad(dy, T, cdt).view(bn, q, h, p)
 
     # 4. state -> output: y_off[t] = e_t C_t . S_c
-    dye = dyc * e[..., None]
-    de = (dyc * sv["y_off"]).sum(-1)  # (nc, b, h, q)
-    dS = torch.bmm(dye.view(bh, q, p).transpose(1, 2), Ch.reshape(bh, q, n)).view(nc, b, h, p, n)  # direct part
-    dCh = torch.bmm(dye.view(bh, q, p), S[:nc].view(bh, p, n)).view(nc, b, h, q, n)
-    # 3. the recurrence backwards: G[c] = the gradient of the state entering chunk c
-    G = torch.empty_like(S)
+    dye = (dYN * eN[..., None]).view(bn, q, hp)
+    deN = (dYN * sv["Yoff"].view(bn, q, h, p)).sum(-1)  # (bn, q, h)
+    Sm = S_in.view(bn, n, hp)
+    dS = _group_mm([Cg[:, i].transpose(1, 2) for i in range(g)], [dye[:, :, c] for c in cols], (bn, n, hp), cols)
+    dC = torch.stack([torch.bmm(dye[:, :, c], Sm[:, :, c].transpose(1, 2)) for c in cols], 1)  # (bn, g, q, n)
+    # 3. the recurrence backwards: dst[:, c] = the gradient of the state at the end of chunk c
+    dS5 = dS.view(b, nc, n, h, p)
+    a5 = a.view(b, nc, 1, h, 1)
+    dst = torch.empty(b, nc, n, h, p, dtype=cdt, device=dy.device)
     if dfinal is not None:
-        G[nc].copy_(dfinal)
+        dst[:, -1].copy_(dfinal.permute(0, 3, 1, 2))
     else:
-        G[nc].zero_()
-    a4 = a[..., None, None]
-    for c in range(nc - 1, -1, -1):
-        torch.addcmul(dS[c], a4[c], G[c + 1], out=G[c])
-    da = (G[1:] * S[:nc]).sum((-1, -2))  # (nc, b, h)
-    dstates = G[1:].reshape(bh, p, n)
-    # 2. chunk states = (u w)^T B
-    du = torch.bmm(Bh.reshape(bh, q, n), dstates.transpose(1, 2)).view(nc, b, h, q, p)  # d(u w)
-    dBh = torch.bmm(sv["uw"].view(bh, q, p), dstates).view(nc, b, h, q, n)
-    dw = (du * u).sum(-1)  # (nc, b, h, q)
-    du.mul_(w[..., None])
-    # 1. intra-chunk: y += M @ u
-    dM = torch.bmm(dyc.view(bh, q, p), u.view(bh, q, p).transpose(1, 2)).view(nc, b, h, q, q)  # [t, s]
-    du.view(bh, q, p).baddbmm_(M.view(bh, q, q).transpose(1, 2), dyc.view(bh, q, p))
-    X = dM * M.view(nc, b, h, q, q)  # d(decay) * decay, [t, s]
-    dCB = _group_sum(dM.mul_(L.view(nc, b, h, q, q)), g)  # (nc, b, g, q, q)
-    dB = _group_sum(dBh, g)
-    dB.view(bg, q, n).baddbmm_(dCB.view(bg, q, q).transpose(1, 2), Cc.view(bg, q, n))
-    dC = _group_sum(dCh, g)
-    dC.view(bg, q, n).baddbmm_(dCB.view(bg, q, q), Bc.view(bg, q, n))
+        dst[:, -1].zero_()
+    for c in range(nc - 1, 0, -1):
+        torch.addcmul(dS5[:, c], a5[:, c], dst[:, c], out=dst[:, c - 1])
+    dinit = None
+    if sv["has_init"]:
+        dinit = torch.addcmul(dS5[:, 0], a5[:, 0], dst[:, 0]).permute(0, 2, 3, 1)  # (b, h, p, n)
+    da = (dst * S_in).sum((2, 4)).view(bn, h)
+    dstm = dst.view(bn, n, hp)
+    # 2. chunk states = B^T (u w)
+    du = _group_mm([Bg[:, i] for i in range(g)], [dstm[:, :, c] for c in cols], (bn, q, hp), cols).view(bn, q, h, p)
+    UW = sv["UW"]
+    dB = torch.stack([torch.bmm(UW[:, :, c], dstm[:, :, c].transpose(1, 2)) for c in cols], 1)  # (bn, g, q, n)
+    dwN = (du * UN).sum(-1)  # (bn, q, h)
+    du.mul_(wN[..., None])
+    # 1. intra-chunk: y += M @ u, per head
+    dYH = dYN.transpose(1, 2).contiguous()  # (bn, h, q, p)
+    dM = torch.matmul(dYH, UH.transpose(-1, -2))  # [t, s]
+    du.add_(torch.matmul(M.transpose(-1, -2), dYH).transpose(1, 2))
+    X = dM * M  # d(decay) * decay, [t, s]
+    dCB = dM.mul_(L).view(bn, g, hg, q, q).sum(2)  # (bn, g, q, q)
+    dB += torch.matmul(dCB.transpose(-1, -2), Cg)
+    dC += torch.matmul(dCB, Bg)
 
     # decay gradient of step r: pairs s < r <= t of the intra-chunk decay, t >= r of e, s < r of w, all of a
-    ddA = torch.zeros_like(e)
+    ddA = torch.zeros_like(eH)  # (bn, h, q)
     if q > 1:
         below = X.cumsum(-1)  # [t, j] = sum_{s <= j} X[t, s]
         strict = torch.ones(q, q, dtype=torch.bool, device=X.device).tril(-1)  # t > j
         ddA[..., 1:] = below.masked_fill_(~strict, 0).sum(-2)[..., :-1]
-    ddA += (de * e).flip(-1).cumsum(-1).flip(-1)
-    ddA[..., 1:] += (dw * w).cumsum(-1)[..., :-1]
+    ddA += (deN.transpose(1, 2) * eH).flip(-1).cumsum(-1).flip(-1)
+    ddA[..., 1:] += (dwN.transpose(1, 2) * wH).cumsum(-1)[..., :-1]
     ddA += (da * a)[..., None]
 
     # u = dt x, dA = dt A
-    dtc = sv["dtc"]
-    dxc = du * dtc[..., None]
-    ddtc = (du * sv["xc"]).sum(-1) + ddA * sv["Af"][:, None]  # (nc, b, h, q)
-    dA = (ddA * dtc).sum((0, 1, 3))
-    ddt = ddtc.permute(1, 0, 3, 2).reshape(b, nc * q, h)[:, :l] * sv["dt_deriv"]
-    dx = _from_chunks(dxc, l, torch.empty(b, l, h, p, dtype=cdt, device=dy.device))
+    dtN = sv["dtN"]
+    dxN = du * dtN[..., None]
+    ddtN = (du * sv["XN"]).sum(-1) + (ddA * sv["Af"][:, None]).transpose(1, 2)  # (bn, q, h)
+    dA = (ddA * sv["dtH"]).sum((0, 2))
+    ddt = ddtN.reshape(b, T, h)[:, :l] * sv["dt_deriv"]
+    dx = dxN.view(b, T, h, p)[:, :l]
     if sv["D"] is not None:
         Df = sv["D"].to(cdt)
-        dx.addcmul_(dy, Df[:, None] if Df.dim() == 1 else Df)
+        dx = torch.addcmul(dx, dy, Df[:, None] if Df.dim() == 1 else Df)
     ddt_bias = ddt.sum((0, 1)) if sv["has_bias"] else None
-    dinit = G[0] if sv["has_init"] else None
-    Bl = torch.empty(b, l, g, n, dtype=cdt, device=dy.device)
-    Cl = torch.empty(b, l, g, n, dtype=cdt, device=dy.device)
-    return (dx, ddt, dA, _from_chunks(dB, l, Bl), _from_chunks(dC, l, Cl), dD, dz, ddt_bias, dinit)
+
+    def to_bl(t):  # (bn, g, q, n) -> (b, l, g, n)
+        return t.transpose(1, 2).reshape(b, T, g, n)[:, :l]
+
+    return (dx, ddt, dA, to_bl(dB), to_bl(dC), dD, dz, ddt_bias, dinit)
 
 
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max):
@@ -315,7 +313,7 @@ class _ChunkScan(torch.autograd.Function):
         saved = ctx.saved
         if dy is None:
             b, l, h, p, *_ = saved["shape"]
-            dy = torch.zeros(b, l, h, p, dtype=saved["cdt"], device=saved["S"].device)
+            dy = torch.zeros(b, l, h, p, dtype=saved["cdt"], device=saved["L"].device)
         grads = _backward(saved, dy, dfinal)
         out = [None if gr is None or not need else gr.to(dt_)
                for gr, need, dt_ in zip(grads, ctx.needs_input_grad, ctx.likes)]
