@@ -3,6 +3,7 @@
 // called from Python with ctypes on numpy buffers (tests/metal/shim_build.py). Buffers are fp32 except x, B, C,
 // z, y of the forward, which are in_t (SSD_IN_T: float, or half in the half build), as in the glue.
 #include <cstring>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -16,9 +17,42 @@ namespace {
 
 using shim::Dim3;
 
+// The binding rule of the glue (ssd_metal.mm, EncodeDev::dispatch): the plan's buffers at indices
+// 0..n-1 (setBuffer:offset:atIndex:i), the params bytes at index n (setBytes:length:atIndex:n).
+// check_binding enforces that a kernel's [[buffer(k)]] parameters are exactly these indices, pointers at
+// 0..n-1 and the `constant T&` at n with sizeof(T) == bytes; the generated shim_bind.inc then passes every
+// parameter by its attribute, as Metal binds them (not by position).
+struct BufferParam {
+    int index;
+    bool is_ref;   // constant T& (set with setBytes) rather than a device pointer
+    size_t size;   // sizeof(T) for a reference
+};
+
+std::string check_binding(const char* kname, const BufferParam* ps, int count, size_t nbufs, size_t bytes) {
+    std::vector<int> seen(nbufs + 1, 0);
+    std::string k = kname;
+    for (int i = 0; i < count; ++i) {
+        const BufferParam& b = ps[i];
+        if (b.index < 0 || (size_t)b.index > nbufs)
+            return k + ": [[buffer(" + std::to_string(b.index) + ")]] is not bound (the plan binds " +
+                   std::to_string(nbufs) + " buffers at 0.." + std::to_string((long)nbufs - 1) + " and the params at " +
+                   std::to_string(nbufs) + ")";
+        if (seen[b.index]++) return k + ": two parameters declare [[buffer(" + std::to_string(b.index) + ")]]";
+        if (b.is_ref != ((size_t)b.index == nbufs))
+            return k + ": [[buffer(" + std::to_string(b.index) + ")]] is a " + (b.is_ref ? "constant reference" : "pointer") +
+                   " but the glue binds " + (b.is_ref ? "a device buffer" : "the params bytes") + " there";
+        if (b.is_ref && b.size != bytes)
+            return k + ": the params are " + std::to_string(bytes) + " bytes, the kernel reads " + std::to_string(b.size);
+    }
+    for (size_t i = 0; i <= nbufs; ++i)
+        if (!seen[i]) return k + ": the glue binds index " + std::to_string(i) + " but no parameter declares it";
+    return "";
+}
+
 struct ShimDev {
     using Buf = void*;
-    bool reverse = false;
+    shim::Schedule sched;  // base schedule; each dispatch gets its own group permutation
+    uint64_t launches = 0;
     std::string err;
     std::vector<std::unique_ptr<char[]>> owned;
 
@@ -29,80 +63,41 @@ struct ShimDev {
         return owned.back().get();
     }
 
+    // body(threadgroup_position_in_grid, thread_position_in_threadgroup, threads_per_threadgroup,
+    //      threadgroups_per_grid, thread_index_in_simdgroup, simdgroup_index_in_threadgroup)
     template <class F>
     void run(const ssd_host::Launch& L, F body) {
         if (!err.empty()) return;
+        shim::Schedule s = sched;
+        ++launches;
+        if (s.seed != 0) s.seed = s.seed * 1000003u + launches;
+        const uint3 tsz{(uint)L.tx, (uint)L.ty, (uint)L.tz}, gsz{(uint)L.gx, (uint)L.gy, (uint)L.gz};
         err = shim::launch(Dim3{(unsigned)L.gx, (unsigned)L.gy, (unsigned)L.gz},
-                           Dim3{(unsigned)L.tx, (unsigned)L.ty, (unsigned)L.tz}, reverse,
+                           Dim3{(unsigned)L.tx, (unsigned)L.ty, (unsigned)L.tz}, s,
                            [&](Dim3 g, Dim3 t, unsigned lane, unsigned sg) {
-                               body(uint3{g.x, g.y, g.z}, uint3{t.x, t.y, t.z}, lane, sg);
+                               body(uint3{g.x, g.y, g.z}, uint3{t.x, t.y, t.z}, tsz, gsz, lane, sg);
                            });
     }
 
     void dispatch(const char* name, const ssd_host::Launch& L, std::vector<Buf> b, const void* params, size_t bytes) {
         if (!err.empty()) return;
-        auto F = [&](int i) { return (float*)b[i]; };
-        auto I = [&](int i) { return (int*)b[i]; };
-        auto F2 = [&](int i) { return (float2*)b[i]; };  // the double-float cumsum cs
-        auto X = [&](int i) { return (in_t*)b[i]; };
-        auto need = [&](size_t n) {
-            if (b.size() != n) err = std::string(name) + ": launch plan binds " + std::to_string(b.size()) +
-                                     " buffers, kernel takes " + std::to_string(n);
-            return err.empty();
-        };
+        std::vector<void*> table(b.begin(), b.end());
+        table.push_back(const_cast<void*>(params));
+        const size_t nbufs = b.size();
         const std::string k = name;
-        SsdParams sp{};
-        SuParams up{};
-        if (k == "ssd_state_update") std::memcpy(&up, params, sizeof(up));
-        else std::memcpy(&sp, params, sizeof(sp));
-        (void)bytes;
-        if (k == "ssd_dt_cumsum" && need(7))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_dt_cumsum(F(0), F(1), F(2), I(3), F(4), F2(5), I(6), sp, g, t);
-            });
-        else if (k == "ssd_bmm_chunk" && need(3))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned sg) { ssd_bmm_chunk(X(0), X(1), F(2), sp, g, t, sg); });
-        else if (k == "ssd_chunk_state" && need(6))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_chunk_state(X(0), X(1), F(2), F2(3), I(4), F(5), sp, g, t);
-            });
-        else if (k == "ssd_state_pass" && need(5))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_state_pass(F(0), F(1), F2(2), I(3), F(4), sp, g, t);
-            });
-        else if (k == "ssd_chunk_output" && need(10))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_chunk_output(X(0), X(1), F(2), F(3), F2(4), I(5), F(6), F(7), X(8), X(9), sp, g, t);
-            });
-        else if (k == "ssd_bwd_gate" && need(7))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_gate(F(0), X(1), X(2), F(3), F(4), F(5), F(6), sp, g, t);
-            });
-        else if (k == "ssd_state_pass_bwd" && need(8))
-            run(L, [&](uint3 g, uint3 t, unsigned lane, unsigned sg) {
-                ssd_state_pass_bwd(F(0), F(1), F(2), F2(3), I(4), F(5), F(6), F(7), sp, g, t, lane, sg);
-            });
-        else if (k == "ssd_bwd_du" && need(11))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_du(F(0), X(1), X(2), F(3), F(4), F2(5), I(6), F(7), F(8), F(9), F(10), sp, g, t);
-            });
-        else if (k == "ssd_bwd_dbdc" && need(12))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_dbdc(F(0), X(1), X(2), X(3), F(4), F(5), F2(6), I(7), F(8), F(9), F(10), F(11), sp, g, t);
-            });
-        else if (k == "ssd_bwd_dcs" && need(18))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_bwd_dcs(F(0), X(1), X(2), X(3), F(4), F(5), F(6), F(7), F(8), F(9), F2(10), I(11), F(12), F(13),
-                            F(14), F(15), F(16), F(17), sp, g, t);
-            });
-        else if (k == "ssd_state_update" && need(11))
-            run(L, [&](uint3 g, uint3 t, unsigned, unsigned) {
-                ssd_state_update(F(0), F(1), F(2), F(3), F(4), F(5), F(6), F(7), F(8), I(9), F(10), up, g, t);
-            });
-        else if (err.empty())
-            err = "unknown kernel " + k;
+        bool bound = false;
+#include "shim_bind.inc"
+        if (!bound && err.empty()) err = "unknown kernel " + k;
     }
 };
+
+shim::Schedule g_schedule;  // set by shim_schedule(); the entry points' `order` picks the thread order
+
+shim::Schedule schedule(int order) {
+    shim::Schedule s = g_schedule;
+    s.order = order;
+    return s;
+}
 
 int finish(const ShimDev& dev, char* err, int errlen) {
     if (dev.err.empty()) return 0;
@@ -113,6 +108,19 @@ int finish(const ShimDev& dev, char* err, int errlen) {
 }  // namespace
 
 extern "C" {
+
+// Group order and residency of the following calls: seed 0 = grid order, else a seeded permutation per
+// launch; `resident` groups in flight at once, interleaved at barriers.
+void shim_schedule(unsigned long long seed, int resident) {
+    g_schedule.seed = seed;
+    g_schedule.resident = resident;
+}
+
+// 4: float build, 2: half or bfloat build; kind 0 float, 1 half, 2 bfloat
+int shim_in_kind() {
+    if (sizeof(in_t) == 4) return 0;
+    return std::is_same_v<in_t, bfloat> ? 2 : 1;
+}
 
 int shim_chunk_len() { return SSD_Q; }
 
@@ -130,10 +138,10 @@ int shim_size_error(long batch, long L, long H, long P, long G, long N, char* er
 
 // D is (H, P) (callers expand a per-head D); absent tensors are NULL.
 int shim_ssd_fwd(int batch, int L, int H, int P, int G, int N, int softplus, int has_limit, float dt_min,
-                 float dt_max, int reverse, void* x, void* dt, void* A, void* B, void* C, void* D, void* z,
+                 float dt_max, int order, void* x, void* dt, void* A, void* B, void* C, void* D, void* z,
                  void* dt_bias, void* init, void* seq, void* y, void* final_states, char* err, int errlen) {
     ShimDev dev;
-    dev.reverse = reverse;
+    dev.sched = schedule(order);
     SsdParams p = ssd_host::make_params(batch, L, H, P, G, N, D, true, z, dt_bias, init, seq, softplus, has_limit,
                                         dt_min, dt_max, false);
     ssd_host::SsdInputs<void*> in{x, dt, A, B, C, D, z, dt_bias, init, seq};
@@ -145,12 +153,12 @@ int shim_ssd_fwd(int batch, int L, int H, int P, int G, int N, int softplus, int
 // Outputs: dx, dDx, dz (batch, L, H, P); ddt (batch, L, H); dA_part (batch, H, nchunks, Q);
 // dB_h, dC_h (batch, L, H, N); dinit (batch, H, P, N).
 int shim_ssd_bwd(int batch, int L, int H, int P, int G, int N, int softplus, int has_limit, float dt_min,
-                 float dt_max, int reverse, void* x, void* dt, void* A, void* B, void* C, void* D, void* z,
+                 float dt_max, int order, void* x, void* dt, void* A, void* B, void* C, void* D, void* z,
                  void* dt_bias, void* init, void* seq, void* dy, void* dfinal, void* dx, void* ddt,
                  void* dA_part, void* dB_h, void* dC_h, void* dDx, void* dz, void* dinit, char* err,
                  int errlen) {
     ShimDev dev;
-    dev.reverse = reverse;
+    dev.sched = schedule(order);
     if (sizeof(in_t) != 4) dev.err = "the backward runs with the float library (in_t = float) only";
     SsdParams p = ssd_host::make_params(batch, L, H, P, G, N, D, true, z, dt_bias, init, seq, softplus, has_limit,
                                         dt_min, dt_max, dfinal);
@@ -163,11 +171,11 @@ int shim_ssd_bwd(int batch, int L, int H, int P, int G, int N, int softplus, int
 
 // state (S, H, P, N) updated in place; x, dt, z (batch, H, P); A (H, P, N); B, C (batch, G, N);
 // D, dt_bias (H, P); idx (batch,) or NULL; out (batch, H, P).
-int shim_state_update(int batch, int H, int P, int G, int N, int softplus, int reverse, void* state, void* x,
+int shim_state_update(int batch, int H, int P, int G, int N, int softplus, int order, void* state, void* x,
                       void* dt, void* A, void* B, void* C, void* D, void* z, void* dt_bias, void* idx,
                       void* out, char* err, int errlen) {
     ShimDev dev;
-    dev.reverse = reverse;
+    dev.sched = schedule(order);
     SuParams p{batch, H, P, N, G, H / G, D != nullptr, z != nullptr, dt_bias != nullptr, softplus, idx != nullptr};
     ssd_host::state_update(dev, p, state, x, dt, A, B, C, D, z, dt_bias, idx, out);
     return finish(dev, err, errlen);

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, {here!r})
 from shim_build import Shim
 from oracle import GRAD_NAMES, assert_close, make_inputs, naive_fwd, naive_grads
-s = Shim({lib!r})
+s = Shim({lib!r}, order="random", seed=5, resident=2)
 cases = [((2, 37, 4, 8, 2, 16), {{}}),
          ((1, 5, 3, 5, 3, 33), dict(D="h", z=False, init=False, dt_bias=False, seq=None))]
 for shape, opts in cases:
