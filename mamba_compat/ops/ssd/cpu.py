@@ -250,8 +250,9 @@ def _backward(sv, dy, dfinal):
 
     # decay gradient of step r: pairs s < r <= t of the intra-chunk decay, t >= r of e, s < r of w, all of a
     ddA = torch.zeros_like(eH)  # (bn, h, q)
-    if q > 1:
-        below = X.cumsum(-1)  # [t, j] = sum_{s <= j} X[t, s]
+    if q > 1:  # the cumsum along s as one (bn*h*q, q) @ (q, q) matmul (a cumsum over rows runs ~2x slower here)
+        upto = torch.ones(q, q, dtype=cdt, device=X.device).triu()  # [s, j] = s <= j
+        below = torch.matmul(X, upto)  # [t, j] = sum_{s <= j} X[t, s]
         strict = torch.ones(q, q, dtype=torch.bool, device=X.device).tril(-1)  # t > j
         ddA[..., 1:] = below.masked_fill_(~strict, 0).sum(-2)[..., :-1]
     ddA += (deN.transpose(1, 2) * eH).flip(-1).cumsum(-1).flip(-1)
