@@ -116,7 +116,12 @@ void shim_schedule(unsigned long long seed, int resident) {
     g_schedule.resident = resident;
 }
 
-// 4: float build, 2: half or bfloat build; kind 0 float, 1 half, 2 bfloat
+// The shim's float -> bfloat conversion (metal_stdlib), for tests of its rounding.
+void shim_to_bfloat(const float* in, uint16_t* out, int n) {
+    for (int i = 0; i < n; ++i) out[i] = bfloat(in[i]).bits;
+}
+
+// kind of the input type in_t: 0 float, 1 half, 2 bfloat
 int shim_in_kind() {
     if (sizeof(in_t) == 4) return 0;
     return std::is_same_v<in_t, bfloat> ? 2 : 1;
