@@ -118,28 +118,9 @@ def _overrides(args) -> dict:
     return overrides
 
 
-def _keep_freed_blocks() -> None:
-    """glibc only: keep freed large blocks in the heap for the next allocation instead of returning them to the OS.
-    Each PPO step allocates the same few-MB tensors again; by default glibc maps them fresh and every page faults on
-    first touch (~15k faults, several ms, per scan call on the 2-core CPU). No-op elsewhere, or where the user set
-    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ themselves."""
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",
-                                                                           "MALLOC_TRIM_THRESHOLD_")):
-        return
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MB
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: 1 GB
-    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
-        pass
-
-
 def _train(args) -> int:
     """Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 prints, logs, plots and writes files."""
     from . import distributed as dist
-
-    _keep_freed_blocks()
 
     overrides = _overrides(args)
     # a resume's config is the checkpoint's; a new run takes the env's defaults where no flag is given
