@@ -20,7 +20,7 @@ from timing import sync as _sync
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else [])
-BACKENDS = ["naive", "reference", "triton", "metal"]
+BACKENDS = ["naive", "reference", "cpu", "triton", "metal"]
 
 
 def _cases():
