@@ -88,6 +88,7 @@ struct ShimDev {
         bool bound = false;
 #include "shim_bind.inc"
         if (!bound && err.empty()) err = "unknown kernel " + k;
+        if (!err.empty() && err.rfind(k, 0) != 0) err = k + ": " + err;  // name the kernel
     }
 };
 

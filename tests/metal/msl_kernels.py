@@ -100,7 +100,8 @@ def all_kernels(src_dir: Path) -> dict:
 def rewrite_for_shim(text: str, filename: str, first_slot: int) -> tuple:
     """The source as the shim compiles it: each `threadgroup T name[A][B];` becomes per-group storage from
     the runtime (`auto name = ::shim::tg_array<T, A, B>(slot, "name");`), and the known attributes are
-    stripped (the generated binder passes every parameter by its attribute). Returns (text, next slot)."""
+    stripped (the generated binder passes every parameter by its attribute), and every `device T*` becomes
+the runtime's checked pointer (device_pointers). Returns (text, next slot)."""
     check_attributes(text, filename)
     slot = first_slot
 
@@ -113,4 +114,13 @@ def rewrite_for_shim(text: str, filename: str, first_slot: int) -> tuple:
 
     text = TG_DECL.sub(decl, text)
     text = ATTR.sub(lambda m: "", text)
-    return text, slot
+    return device_pointers(text), slot
+
+
+DEVICE_PTR = re.compile(r"\b(?:device\s+const|const\s+device)\s+(\w+)\s*\*|\bdevice\s+(\w+)\s*\*")
+
+
+def device_pointers(text: str) -> str:
+    """`device [const] T*` / `const device T*` -> the runtime's checked pointer ::shim::dptr<[const] T>."""
+    return DEVICE_PTR.sub(lambda m: f"::shim::dptr<const {m.group(1)}> " if m.group(1)
+                          else f"::shim::dptr<{m.group(2)}> ", text)

@@ -80,7 +80,7 @@ def binder(kernels: dict) -> str:
             if p.attr == "buffer" and p.type.endswith("&"):
                 args.append(f"*({p.type[:-1].strip()}*)table[{p.index}]")
             elif p.attr == "buffer":
-                args.append(f"({p.type})table[{p.index}]")
+                args.append(f"{msl_kernels.device_pointers(p.type).strip()}(table[{p.index}])")
             else:
                 args.append(f"::shim::attr_value<{p.type}>({BUILTIN_VALUES[p.attr]})")
         out += [f'if (k == "{k.name}") {{',

@@ -3,7 +3,7 @@ order one at a time, -Wno-attributes, parameters bound by position) PASSED, and 
 Each docstring says what the old shim did with it; `python tests/metal/blind_spots_vs_old_shim.py` rebuilds
 every mutant against that old shim (from git) and prints what it measured, to re-check those claims.
 
-A mutation is (file, old text, new text) applied to a copy of csrc/metal; its probe runs the mutant and
+A mutation is (file, old text, new text) (or tuples of them) applied to a copy of csrc/metal; its probe runs the mutant and
 returns the error against the float64 oracle (inf for a NaN), raising ShimError or MslError where the shim
 refuses it."""
 from __future__ import annotations
@@ -94,6 +94,16 @@ MUTATIONS = {
         "constant SsdParams& p [[buffer(7)]],\n                          uint3 tg",
         "constant SsdParams& p [[buffer(8)]],\n                          uint3 tg",
         fwd_probe, "not bound"),
+    # (f) device memory between the threads of a group, ordered by a mem_threadgroup barrier only:
+    # ssd_bwd_dcs stages yoff in its dA_part output instead of threadgroup memory
+    "device_staging_threadgroup_fence": (
+        "ssd_bwd.metal",
+        ("    dcs[t] = yoff;\n    threadgroup_barrier(mem_flags::mem_threadgroup);",
+         "    for (int k = t; k < SSD_Q; ++k) da += dcs[k];\n    for (int j = 0; j < t; ++j) da += vs[j];\n"),
+        ("    dA_part[base + t] = yoff;\n    threadgroup_barrier(mem_flags::mem_threadgroup);",
+         "    for (int k = t; k < SSD_Q; ++k) da += dA_part[base + k];\n    for (int j = 0; j < t; ++j) da += vs[j];\n"
+         "    threadgroup_barrier(mem_flags::mem_threadgroup);  // every read done before the final writes\n"),
+        bwd_probe, "no mem_device barrier"),
 }
 
 
@@ -102,8 +112,10 @@ def mutant_dir(tmp: Path, name: str) -> Path:
     src = Path(tmp) / f"metal_{name}"
     shutil.copytree(METAL_DIR, src)
     text = (src / f).read_text()
-    assert text.count(old) == 1, f"mutation site of {name} not found (once) in {f}"
-    (src / f).write_text(text.replace(old, new))
+    for o, n in zip(*((old, new) if isinstance(old, tuple) else ((old,), (new,)))):
+        assert text.count(o) == 1, f"mutation site of {name} not found (once) in {f}: {o!r}"
+        text = text.replace(o, n)
+    (src / f).write_text(text)
     return src
 
 
@@ -129,9 +141,19 @@ def test_loop_reading_past_its_tile_is_caught(tmp_path):
 
 
 def test_halo_write_into_next_group_is_caught(tmp_path):
-    """Old shim: passed (groups in grid order, chunk c + 1 always after c, so its own write won). Now the
-    groups run shuffled (and two at a time): some chunk's slot keeps its neighbour's value."""
-    assert fwd_probe(_new_shim(mutant_dir(tmp_path, "halo_write_into_next_group"))) > 1e-2
+    """Old shim: passed (groups in grid order, chunk c + 1 always after c, so its own write won). Now caught
+    twice over: the device-memory rule names the second write of the element by another group of the same
+    dispatch, and, with that rule compiled out, the shuffled group order leaves some chunk's slot with its
+    neighbour's value (while grid order, seed 0, still passes: the order is what catches it)."""
+    src = mutant_dir(tmp_path, "halo_write_into_next_group")
+    with pytest.raises(ShimError, match=r"ssd_dt_cumsum: thread \d+ of group .* writes a device element that "
+                                        r"another threadgroup of the same dispatch wrote"):
+        fwd_probe(_new_shim(src))
+    from shim_build import Shim, build
+
+    lib = build(16, src_dir=src, extra=("-DSHIM_NO_DEVICE_CHECK",))
+    assert fwd_probe(Shim(lib, seed=0, resident=1)) < 2e-5
+    assert fwd_probe(Shim(lib, seed=1, resident=1)) > 1e-2 and fwd_probe(Shim(lib, seed=1, resident=2)) > 1e-2
 
 
 def test_misspelt_attribute_is_refused(tmp_path):
@@ -163,3 +185,20 @@ def test_params_index_gap_is_caught(tmp_path):
 def test_unmutated_sources_pass_every_probe(shim):
     """The probes themselves pass on the real kernels (so a failure above is the mutation's)."""
     assert fwd_probe(shim) < 2e-5 and bwd_probe(shim) < 5e-5
+
+
+def test_device_memory_ordered_only_by_threadgroup_fence_is_caught(tmp_path):
+    """Old shim: passed (every barrier acted as a full fence; threads ran one at a time, so each saw the
+    others' device writes). Metal orders device memory between a group's threads only by a barrier with
+    mem_device: now a read of another thread's device write without one fails. The same staging with
+    threadgroup_barrier(mem_flags::mem_device) passes with the right values: the scope is modelled, not
+    every shared device access refused."""
+    src = mutant_dir(tmp_path, "device_staging_threadgroup_fence")
+    with pytest.raises(ShimError, match=r"ssd_bwd_dcs: thread \d+ of group .* reads a device element written by "
+                                        r"thread \d+ of its group with no threadgroup_barrier\(mem_flags::mem_device\)"):
+        bwd_probe(_new_shim(src))
+    text = (src / "ssd_bwd.metal").read_text()
+    staged = "    dA_part[base + t] = yoff;\n    threadgroup_barrier(mem_flags::mem_threadgroup);"
+    assert text.count(staged) == 1
+    (src / "ssd_bwd.metal").write_text(text.replace(staged, staged.replace("mem_threadgroup", "mem_device")))
+    assert bwd_probe(_new_shim(src)) < 5e-5

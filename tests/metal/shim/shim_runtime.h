@@ -15,6 +15,14 @@
 // allocated per group when the group first declares it, filled with 0xFF bytes (NaN as float / half /
 // bfloat, -1 as int), bounds-checked on every index, and framed by canaries that are checked when the group
 // ends, so an uninitialised read, an index past a tile's end, or a pointer write past it is caught.
+//
+// Device memory (dptr, which shim_build.py substitutes for every `device T*`): every element written during a
+// launch is recorded with its writer, its group and the group's device-fence epoch, which advances when a
+// threadgroup_barrier whose flags include mem_device completes. A read (or write) of an element another
+// thread wrote fails unless that thread is of the same group and a mem_device barrier came in between:
+// Metal orders device memory between the threads of a group only through such a barrier, and between the
+// groups of one dispatch not at all. (Writes are still visible at once; what is modelled is the rule, not
+// a stale cache.)
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -25,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace shim {
@@ -62,7 +71,14 @@ struct TgBlock {
 
 struct Resident {               // one threadgroup in flight
     long pos = -1;              // index into Group::order, -1 = none left
+    long epoch = 0;             // mem_device barriers completed by this group
     std::map<int, TgBlock> tg;  // its threadgroup arrays, by declaration site
+};
+
+struct DevWrite {  // the last write of a device element in this launch
+    int writer;    // simulated thread
+    long group;    // Resident::pos of its group
+    long epoch;    // its group's epoch at the write
 };
 
 struct Group {
@@ -79,7 +95,9 @@ struct Group {
     std::vector<int> state;  // 0 ready, 1 waiting, 2 done
     std::vector<int> wkey;
     std::vector<int> count, kind, members;  // per key r * nkeys + (0 = group, 1 + s = simd-group s)
+    std::vector<int> fence;                 // per key: a mem_device flag seen at the pending barrier
     std::vector<float> slots;               // simd exchange, one per thread
+    std::unordered_map<const void*, DevWrite> dev;  // device elements written in this launch
     bool failed = false;
     std::string error;
 };
@@ -144,9 +162,10 @@ inline void end_group(Group& g, int r) {
     }
     R.tg.clear();
     R.pos = g.next_pos < (long)g.grid_order.size() ? g.next_pos++ : -1;
+    R.epoch = 0;
 }
 
-inline void arrive(int key, int kind) {
+inline void arrive(int key, int kind, bool device_fence = false) {
     Group& g = *tl_group;
     const int me = tl_me;
     if (g.count[key] == 0) g.kind[key] = kind;
@@ -158,8 +177,11 @@ inline void arrive(int key, int kind) {
     g.count[key] += 1;
     g.state[me] = 1;
     g.wkey[me] = key;
+    g.fence[key] |= device_fence;
     if (g.count[key] == g.members[key]) {
         if (kind == K_END) end_group(g, key / g.nkeys);
+        if (kind == K_BARRIER && g.fence[key]) g.res[key / g.nkeys].epoch += 1;
+        g.fence[key] = 0;
         for (int i = 0; i < g.total; ++i)
             if (g.state[i] == 1 && g.wkey[i] == key) g.state[i] = 0;
         g.count[key] = 0;
@@ -172,7 +194,7 @@ inline int simd_key() {
     const Group& g = *tl_group;
     return resident_of(g, tl_me) * g.nkeys + 1 + local_of(g, tl_me) / kSimd;
 }
-inline void group_barrier() { arrive(group_key(), K_BARRIER); }
+inline void group_barrier(bool device_fence) { arrive(group_key(), K_BARRIER, device_fence); }
 inline void simd_barrier() { arrive(simd_key(), K_SIMD_A); }
 inline void simd_barrier_b() { arrive(simd_key(), K_SIMD_B); }
 
@@ -246,6 +268,72 @@ inline TgRef<T, D...> tg_array(int slot, const char* name) {
     return TgRef<T, D...>{reinterpret_cast<T*>(it->second.mem.get() + kCanary), name};
 }
 
+// ---- device memory -----------------------------------------------------------------------------------
+
+inline std::string thread_str(const Group& g, int me) {
+    return "thread " + std::to_string(local_of(g, me)) + " of group " + pos_str(g, resident_of(g, me));
+}
+
+// The caller touches device element a (write: it stores there). Fails where Metal gives no ordering.
+inline void device_access(const void* a, bool write) {
+#ifdef SHIM_NO_DEVICE_CHECK  // (tests of the schedule alone)
+    (void)a, (void)write;
+    return;
+#endif
+    Group& g = *tl_group;
+    const int me = tl_me;
+    const Resident& R = g.res[resident_of(g, me)];
+    auto it = g.dev.find(a);
+    if (it != g.dev.end()) {
+        const DevWrite& w = it->second;
+        const char* what = write ? "writes" : "reads";
+        if (w.group != R.pos)
+            fail(g, thread_str(g, me) + " " + what + " a device element that another threadgroup of the same "
+                                        "dispatch wrote (threadgroups are not ordered)");
+        if (w.writer != me && w.epoch == R.epoch)
+            fail(g, thread_str(g, me) + " " + what + " a device element written by thread " +
+                        std::to_string(local_of(g, w.writer)) +
+                        " of its group with no threadgroup_barrier(mem_flags::mem_device) in between");
+    }
+    if (write) g.dev[a] = DevWrite{me, R.pos, R.epoch};
+}
+
+template <class T>
+struct dref {  // an element of a writable device buffer
+    T* a;
+    operator T() const {
+        device_access(a, false);
+        return *a;
+    }
+    const dref& operator=(const T& v) const {
+        device_access(a, true);
+        *a = v;
+        return *this;
+    }
+    const dref& operator=(const dref& o) const { return *this = (T)o; }
+};
+
+// `device T*` of the kernels: pointer arithmetic as usual, every element access checked by device_access.
+template <class T>
+struct dptr {
+    T* p = nullptr;
+    dptr() = default;
+    explicit dptr(void* v) : p(static_cast<T*>(v)) {}
+    dptr(T* q) : p(q) {}
+    template <class U, class = std::enable_if_t<std::is_same_v<const U, T>>>
+    dptr(dptr<U> o) : p(o.p) {}
+    dptr operator+(long i) const { return dptr(p + i); }
+    dptr operator-(long i) const { return dptr(p - i); }
+    auto operator[](long i) const {
+        if constexpr (std::is_const_v<T>) {
+            device_access(p + i, false);
+            return std::remove_const_t<T>(p[i]);
+        } else {
+            return dref<T>{p + i};
+        }
+    }
+};
+
 // ---- launch ------------------------------------------------------------------------------------------
 
 // Run fn(group_pos, thread_pos, lane, simdgroup) over the grid under schedule s. Returns "" or the error.
@@ -267,6 +355,7 @@ inline std::string launch(Dim3 grid, Dim3 tg, const Schedule& s,
     g.nkeys = 1 + nsg;
     g.count.assign(g.m * g.nkeys, 0);
     g.kind.assign(g.m * g.nkeys, 0);
+    g.fence.assign(g.m * g.nkeys, 0);
     g.members.assign(g.m * g.nkeys, 0);
     for (int r = 0; r < g.m; ++r) {
         g.members[r * g.nkeys] = g.n;
