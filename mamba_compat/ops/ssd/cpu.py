@@ -145,6 +145,9 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     UW = (UN * wN[..., None]).view(bn, q, hp)
     states = _group_mm([Bg[:, i].transpose(1, 2) for i in range(g)], [UW[:, :, c] for c in cols], (bn, n, hp), cols)
     states = states.view(b, nc, n, h, p)
+    del UW  # _backward recomputes it
+    if not keep:  # inference: drop each large temporary once used (peak memory)
+        del UN
     # 3. inter-chunk recurrence: S_in[:, c] = the state entering chunk c, (b, nc, n, h, p)
     a5 = a.view(b, nc, 1, h, 1)
     S_in = torch.empty(b, nc, n, h, p, dtype=cdt, device=x.device)
@@ -158,8 +161,12 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     # 4. state -> output, then 1. the intra-chunk part added
     Sm = S_in.view(bn, n, hp)
     Yoff = _group_mm([Cg[:, i] for i in range(g)], [Sm[:, :, c] for c in cols], (bn, q, hp), cols)
-    Y = Yoff.view(bn, q, h, p) * eN[..., None]
-    Y.add_(torch.matmul(M, UH).transpose(1, 2))
+    Y = Yoff.view(bn, q, h, p).mul_(eN[..., None]) if not keep else Yoff.view(bn, q, h, p) * eN[..., None]
+    Yd = torch.matmul(M, UH)
+    if not keep:
+        del L, M, UH, CB
+    Y.add_(Yd.transpose(1, 2))
+    del Yd
 
     xf = x.to(cdt)
     y = Y.view(b, T, h, p)[:, :l]
@@ -172,7 +179,7 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     saved = None
     if keep:
         saved = dict(shape=(b, l, h, p, g, n, q, nc), cdt=cdt, dtN=dtN, dtH=dtH, dt_deriv=dt_deriv, Af=Af, eN=eN,
-                     eH=eH, wN=wN, wH=wH, a=a, L=L, M=M, XN=XN, UN=UN, UH=UH, UW=UW, Bg=Bg, Cg=Cg, S_in=S_in,
+                     eH=eH, wN=wN, wH=wH, a=a, L=L, M=M, XN=XN, UN=UN, UH=UH, Bg=Bg, Cg=Cg, S_in=S_in,
                      Yoff=Yoff, y_pre=y_pre, xf=xf, D=D, z=z, has_bias=dt_bias is not None,
                      has_init=initial_states is not None)
     return y.to(x.dtype), final, saved
@@ -235,7 +242,7 @@ def _backward(sv, dy, dfinal):
     dstm = dst.view(bn, n, hp)
     # 2. chunk states = B^T (u w)
     du = _group_mm([Bg[:, i] for i in range(g)], [dstm[:, :, c] for c in cols], (bn, q, hp), cols).view(bn, q, h, p)
-    UW = sv["UW"]
+    UW = (UN * wN[..., None]).view(bn, q, hp)  # recomputed, not kept (one pass, an x-sized tensor less to hold)
     dB = torch.stack([torch.bmm(UW[:, :, c], dstm[:, :, c].transpose(1, 2)) for c in cols], 1)  # (bn, g, q, n)
     dwN = (du * UN).sum(-1)  # (bn, q, h)
     du.mul_(wN[..., None])
@@ -304,7 +311,7 @@ class _ChunkScan(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, seq_idx, dt_softplus, dt_min,
                 dt_max):
         y, final, saved = _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus,
-                                   dt_min, dt_max, keep=any(ctx.needs_input_grad[:9]))
+                                   dt_min, dt_max, keep=True)
         ctx.saved = saved
         ctx.likes = [(t.dtype if t is not None else None) for t in (x, dt, A, B, C, D, z, dt_bias, initial_states)]
         return y, final
@@ -326,6 +333,10 @@ def chunk_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
     """Eager: _ChunkScan (the forward's pieces kept for the backward). Under torch.compile: the registered op, one
     graph node per direction (the backward recomputes the forward). Both compute the same function."""
     if not torch.compiler.is_compiling():
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in
+                                                  (x, dt, A, B, C, D, z, dt_bias, initial_states)):
+            return ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min,
+                           dt_max)  # inference: nothing kept, buffers reused in place
         return _ChunkScan.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, chunk_size, seq_idx, dt_softplus,
                                 dt_min, dt_max)
     return _fwd_op(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max)
