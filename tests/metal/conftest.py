@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shim_build import Shim, build, compiler  # noqa: E402
+from shim_build import SCHEDULE, Shim, build, compiler  # noqa: E402
 
 
 REQUIRE_METAL = os.environ.get("MAMBA_COMPAT_REQUIRE_METAL") == "1"
@@ -41,9 +41,6 @@ def _need_compiler():
 def shim_lib():
     _need_compiler()
     return build(16)
-
-
-SCHEDULE = dict(seed=1, resident=2)  # shuffled groups, two in flight
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,10 @@ GENERATORS = [Path(__file__).resolve(), Path(msl_kernels.__file__).resolve()]
 CACHE = Path(tempfile.gettempdir()) / "mamba_compat_metal_shim"
 
 
+# The schedule of the tests' fixtures (conftest.py) and mutants: groups shuffled per launch, two in flight.
+SCHEDULE = dict(seed=1, resident=2)
+
+
 def compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")
 

@@ -120,7 +120,7 @@ def mutant_dir(tmp: Path, name: str) -> Path:
 
 
 def _new_shim(src):
-    from conftest import SCHEDULE
+    from shim_build import SCHEDULE
     from shim_build import Shim, build
 
     return Shim(build(16, src_dir=src), **SCHEDULE)
