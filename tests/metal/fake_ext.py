@@ -16,10 +16,21 @@ def _np(t, dtype=torch.float32):
     return t.numpy()
 
 
+def _native(t, s):
+    """An input tensor as the raw buffer of library s (float16 as is, bfloat16 as its uint16 bits)."""
+    if t is None:
+        return None
+    assert t.is_contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if s.in_kind == "bfloat" else t.numpy()
+
+
 class FakeMetal:
-    def __init__(self, shim, bfloat: bool = False):
+    def __init__(self, shim, bfloat: bool = False, libs=None):
+        """libs: {torch dtype: Shim} of the libraries the glue compiles per input type (SSD_IN_T = half,
+        bfloat); a dtype not in it runs on `shim` (the float library) with its inputs converted."""
         self.shim = shim
         self.bfloat = bfloat
+        self.libs = dict(libs or {})
         self.calls = []
 
     def chunk_len(self):
@@ -34,6 +45,13 @@ class FakeMetal:
         assert in_t in (torch.float32, torch.float16, torch.bfloat16)
         f = lambda t: None if t is None else _np(t, in_t).astype(np.float32)  # noqa: E731 (kernel reads in_t)
         assert D is None or tuple(D.shape) == (x.shape[2], x.shape[3])
+        s = self.libs.get(in_t)
+        if s is not None:  # that dtype's own library: x, B, C, z, y in its input type
+            n = lambda t: _native(t, s)  # noqa: E731
+            y, fin = s.raw_fwd(n(x), _np(dt), _np(A), n(B), n(C), _np(D), n(z), _np(dt_bias), _np(init),
+                               _np(seq, torch.int32), softplus, has_limit, dt_min, dt_max)
+            y = torch.from_numpy(y.view(np.int16)).view(torch.bfloat16) if s.in_kind == "bfloat" else torch.from_numpy(y)
+            return y, torch.from_numpy(fin)
         y, fin = self.shim.raw_fwd(f(x), _np(dt), _np(A), f(B), f(C), _np(D), f(z), _np(dt_bias), _np(init),
                                    _np(seq, torch.int32), softplus, has_limit, dt_min, dt_max)
         return torch.from_numpy(y).to(in_t), torch.from_numpy(fin)

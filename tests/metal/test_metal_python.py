@@ -101,6 +101,31 @@ def test_python_bfloat16_falls_back_to_fp32_without_metal_bfloat(fake, monkeypat
     assert fake.calls[-1] == ("ssd_fwd", torch.float32)
 
 
+def test_python_bfloat16_runs_the_bfloat_library(shim, shim_bfloat, monkeypatch):
+    """With Metal bfloat, bf16 inputs go to the library compiled with SSD_IN_T=bfloat (as the glue does):
+    y comes back bf16, as the float library's y rounded once to nearest even, within bf16 rounding of the
+    float64 oracle; the backward (float library) gives every gradient."""
+    from shim_build import from_bf16, to_bf16
+    from test_shim_schedules import TOL_BF16_Y
+
+    monkeypatch.setattr(ssd_metal, "_WARNED_FP32", set())
+    monkeypatch.setattr(ssd_metal, "_BFLOAT_OK", {})
+    fake = FakeMetal(shim, bfloat=True, libs={torch.bfloat16: shim_bfloat})
+    monkeypatch.setattr(ssd_metal, "_metal", fake)
+    inp = make_inputs(25, 2, 29, 4, 8, 2, 16, D="h")
+    t = _torch_inputs(inp, torch.bfloat16)
+    y, fin = _call(ssd_metal.ssd_fwd, t)
+    assert fake.calls[-1] == ("ssd_fwd", torch.bfloat16) and y.dtype == torch.bfloat16
+    t32 = {k: (None if v is None else (v.float() if v.is_floating_point() else v)) for k, v in t.items()}
+    y32, fin32 = _call(ssd_metal.ssd_fwd, t32)  # the float library on the same rounded inputs
+    assert np.array_equal(y.view(torch.int16).numpy().view(np.uint16), to_bf16(y32.numpy()))
+    assert torch.equal(fin, fin32)
+    t64 = {k: (None if v is None else (v.double() if v.is_floating_point() else v)) for k, v in t.items()}
+    y_ref, fin_ref = _call(ssd_naive, t64)
+    assert_close("y", from_bf16(y.view(torch.int16).numpy().view(np.uint16)), y_ref.numpy(), rtol=TOL_BF16_Y)
+    assert_close("final", fin.numpy(), fin_ref.numpy())
+
+
 def test_python_no_fp32_warning_where_bfloat_or_native(shim, monkeypatch):
     import warnings
 
