@@ -104,7 +104,7 @@ def test_python_bfloat16_falls_back_to_fp32_without_metal_bfloat(fake, monkeypat
 def test_python_bfloat16_runs_the_bfloat_library(shim, shim_bfloat, monkeypatch):
     """With Metal bfloat, bf16 inputs go to the library compiled with SSD_IN_T=bfloat (as the glue does):
     y comes back bf16, as the float library's y rounded once to nearest even, within bf16 rounding of the
-    float64 oracle; the backward (float library) gives every gradient."""
+    float64 oracle."""
     from shim_build import from_bf16, to_bf16
     from test_shim_schedules import TOL_BF16_Y
 
