@@ -180,7 +180,9 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
     if keep:
         saved = dict(shape=(b, l, h, p, g, n, q, nc), cdt=cdt, dtN=dtN, dtH=dtH, dt_deriv=dt_deriv, Af=Af, eN=eN,
                      eH=eH, wN=wN, wH=wH, a=a, L=L, M=M, XN=XN, UN=UN, UH=UH, Bg=Bg, Cg=Cg, S_in=S_in,
-                     Yoff=Yoff, y_pre=y_pre, xf=xf, D=D, z=z, has_bias=dt_bias is not None,
+                     Yoff=Yoff, xf=xf,
+                     D=D, z=z, has_bias=dt_bias is not None,
+                     y_pre=y_pre if z is not None else None,  # without z it is the output: no cycle via ctx
                      has_init=initial_states is not None)
     return y.to(x.dtype), final, saved
 
