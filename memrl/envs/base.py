@@ -23,7 +23,15 @@ dynamics (HorizonEnv's horizon) go into get_extra_state / set_extra_state, as in
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+
+class BoxActions(NamedTuple):
+    """`action_components` of an env with continuous actions: `size` reals per env, in the policy's normalized
+    space (the env maps [-1, 1] onto its bounds and clips; see envs/emulation.decode_actions)."""
+    size: int
 
 
 class TorchVectorEnv:
@@ -42,9 +50,10 @@ class TorchVectorEnv:
     """Whether state_dict() holds the whole env state (exact resume); False where it lives outside torch."""
 
     @property
-    def action_components(self) -> int | tuple:
-        """What the policy outputs: n for one categorical over Discrete(n) (actions (num_envs,)), or a tuple of
-        sizes for one categorical per component (actions (num_envs, K))."""
+    def action_components(self) -> int | tuple | BoxActions:
+        """What the policy outputs: n for one categorical over Discrete(n) (actions (num_envs,)), a tuple of
+        sizes for one categorical per component (actions (num_envs, K)), or BoxActions(K) for K reals
+        (actions (num_envs, K) float32)."""
         return int(self.single_action_space.n)
 
     def __init__(self, num_envs: int, device: str | torch.device = "cpu"):

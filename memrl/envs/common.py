@@ -20,15 +20,21 @@ def check_nonnegative(name: str, value) -> float:
     return v
 
 
-def check_actions(actions, num_envs: int, device: torch.device, shape: tuple | None = None) -> torch.Tensor:
-    """Actions as an int64 tensor of `shape` (default (num_envs,)) on `device`; ValueError for another shape or a
-    float/complex/bool dtype.
+def check_actions(actions, num_envs: int, device: torch.device, shape: tuple | None = None,
+                  continuous: bool = False) -> torch.Tensor:
+    """Actions as an int64 tensor of `shape` (default (num_envs,)) on `device` (continuous: a float32 tensor);
+    ValueError for another shape or dtype (discrete: float/complex/bool; continuous: anything but a real float).
 
     The range is not checked (that would sync the device every step): an out-of-range action simply
-    never equals the correct answer and earns nothing.
+    never equals the correct answer and earns nothing (continuous actions are clipped by the env).
     """
     shape = (num_envs,) if shape is None else tuple(shape)
     actions = torch.as_tensor(actions, device=device)
+    if continuous:
+        if tuple(actions.shape) != shape or not actions.is_floating_point():
+            raise ValueError(f"actions must be a float tensor of shape {shape}, got {tuple(actions.shape)} "
+                             f"{actions.dtype}")
+        return actions.float()
     if tuple(actions.shape) != shape or actions.is_floating_point() or actions.is_complex() \
             or actions.dtype == torch.bool:
         raise ValueError(f"actions must be an integer tensor of shape {shape}, "

@@ -10,10 +10,14 @@ Observations (batched, as gymnasium's vector envs return them):
     size = obs_size(space)                         # length of the flat vector
     flat = encode_obs(space, batched_obs)          # (N, size) float32 numpy array
 
-Actions: the policy outputs one categorical per component (memrl/models/distributions.py).
+Actions: the policy outputs one categorical per component, or a diagonal Gaussian for Box actions
+(memrl/models/distributions.py).
     dims = action_dims(space)                      # Discrete(n) -> (n,); MultiDiscrete(nvec) -> tuple(nvec)
-    env_actions = decode_actions(space, actions)   # (N,) or (N, K) int64 -> the vector env's batched actions
-Box actions are not supported (UnsupportedSpace): there is no Gaussian head yet.
+    spec = action_spec(space)                      # what the policy outputs: n, tuple(nvec) or BoxActions(K)
+    env_actions = decode_actions(space, actions)   # (N,) or (N, K) int64, or (N, K) float -> the env's actions
+Box actions (float dtype, any shape, K = its size) are reals in [-1, 1] per component: where both bounds are
+finite, decode maps [-1, 1] affinely onto [low, high] and clips (the Gaussian's log-prob is of the unclipped sample,
+as in CleanRL's PPO); an unbounded component is passed through unchanged, a half-bounded one is clipped to its bound.
 
 UnsupportedSpace (a TypeError) names the space and where it sits, e.g. "observation space ['goal'] Text(...)".
 """
@@ -23,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 OBS_SPACES = ("Box", "MultiBinary", "Discrete", "MultiDiscrete", "Tuple", "Dict")
-ACTION_SPACES = ("Discrete", "MultiDiscrete (1-D nvec)")
+ACTION_SPACES = ("Discrete", "MultiDiscrete (1-D nvec)", "Box (float)")
 
 
 class UnsupportedSpace(TypeError):
@@ -76,20 +80,40 @@ def encode_obs(space, obs, _path: tuple = ()) -> np.ndarray:
 
 
 def action_dims(space) -> tuple[int, ...]:
-    """The sizes of the policy's categorical components for an action space."""
+    """The sizes of the policy's categorical components for a discrete action space."""
     if isinstance(space, spaces.Discrete):
         return (int(space.n),)
     if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
         return tuple(int(n) for n in space.nvec)
     if isinstance(space, spaces.Box):
-        raise UnsupportedSpace(f"action space {space!r} is not supported: continuous (Box) actions need a Gaussian "
-                               f"policy head, which memrl does not have (supported: {', '.join(ACTION_SPACES)})")
+        raise UnsupportedSpace(f"action space {space!r} is continuous: it has no categorical components "
+                               f"(use action_spec, which gives BoxActions)")
     raise UnsupportedSpace(f"action space {space!r} is not supported (supported: {', '.join(ACTION_SPACES)})")
 
 
+def action_spec(space):
+    """What the policy outputs for `space`: n (Discrete), the tuple nvec (MultiDiscrete) or BoxActions(size) (Box)."""
+    from .base import BoxActions
+
+    if isinstance(space, spaces.Box):
+        if not np.issubdtype(space.dtype, np.floating):
+            raise UnsupportedSpace(f"action space {space!r} is an integer Box, which is not supported "
+                                   f"(supported: {', '.join(ACTION_SPACES)})")
+        return BoxActions(int(np.prod(space.shape)))
+    dims = action_dims(space)
+    return dims[0] if isinstance(space, spaces.Discrete) else dims
+
+
 def decode_actions(space, actions: np.ndarray) -> np.ndarray:
-    """Policy actions (N,) for Discrete or (N, K) for MultiDiscrete, int64 in [0, n) -> the env's batched actions
-    (the spaces' `start` offsets added)."""
+    """Policy actions -> the env's batched actions: (N,) for Discrete or (N, K) for MultiDiscrete, int64 in [0, n)
+    (the spaces' `start` offsets added); (N, K) float for Box, mapped from [-1, 1] onto the bounds (module docstring)."""
+    if isinstance(space, spaces.Box):
+        a = np.asarray(actions, dtype=np.float64).reshape(len(actions), *space.shape)
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        both = np.isfinite(low) & np.isfinite(high)
+        lo, hi = np.where(both, low, -1.0), np.where(both, high, 1.0)  # finite stand-ins where a bound is infinite
+        scaled = np.where(both, lo + (np.clip(a, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo), a)
+        return np.clip(scaled, low, high).astype(space.dtype, copy=False)  # +-inf bounds leave a component as is
     actions = np.asarray(actions, dtype=np.int64)
     if isinstance(space, spaces.Discrete):
         return actions + int(space.start)

@@ -25,9 +25,9 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
-from .base import TorchVectorEnv
+from .base import BoxActions, TorchVectorEnv
 from .common import check_actions
-from .emulation import action_dims, decode_actions, encode_obs, obs_size
+from .emulation import action_spec, decode_actions, encode_obs, obs_size
 from .spaces import Box
 
 
@@ -57,7 +57,7 @@ def gym_env_factory(name: str):
 
 class GymVectorEnv(TorchVectorEnv):
     """gymnasium's vector API (SAME_STEP autoreset) as a TorchVectorEnv. Attributes: vector_env (the gymnasium
-    vector env), gym_observation_space / gym_action_space (one env's), obs_dim, action_dims."""
+    vector env), gym_observation_space / gym_action_space (one env's), obs_dim, action_components."""
 
     reports_success = False
     truncates = True
@@ -78,19 +78,24 @@ class GymVectorEnv(TorchVectorEnv):
         self.gym_action_space = self.vector_env.single_action_space
         try:
             self.obs_dim = obs_size(self.gym_observation_space)
-            self.action_dims = action_dims(self.gym_action_space)
+            self._components = action_spec(self.gym_action_space)
         except TypeError:
             self.vector_env.close()
             raise
         self.single_observation_space = Box(low=-np.inf, high=np.inf, shape=(self.obs_dim,), dtype=np.float32)
         self.single_action_space = self.gym_action_space
-        discrete = isinstance(self.gym_action_space, gymnasium.spaces.Discrete)
-        self._action_shape = (self.num_envs,) if discrete else (self.num_envs, len(self.action_dims))
-        self._components = self.action_dims[0] if discrete else self.action_dims
+        self._continuous = isinstance(self._components, BoxActions)
+        if self._continuous:
+            self._action_shape = (self.num_envs, self._components.size)
+        elif isinstance(self._components, tuple):
+            self._action_shape = (self.num_envs, len(self._components))
+        else:
+            self._action_shape = (self.num_envs,)
 
     @property
-    def action_components(self) -> int | tuple:
-        """n for a Discrete(n) action space (actions (num_envs,)), the tuple nvec for MultiDiscrete ((num_envs, K))."""
+    def action_components(self) -> int | tuple | BoxActions:
+        """n for a Discrete(n) action space (actions (num_envs,)), the tuple nvec for MultiDiscrete ((num_envs, K)),
+        BoxActions(K) for a Box of K reals ((num_envs, K) float, in [-1, 1] per component)."""
         return self._components
 
     def _obs(self, batched) -> torch.Tensor:
@@ -103,11 +108,13 @@ class GymVectorEnv(TorchVectorEnv):
         return self._obs(obs), {}
 
     def step(self, actions):
-        """actions: (num_envs,) integer tensor for Discrete, (num_envs, K) for MultiDiscrete, each in [0, n).
+        """actions: (num_envs,) integer tensor for Discrete, (num_envs, K) for MultiDiscrete, each in [0, n);
+        (num_envs, K) float for Box (see decode_actions).
         Returns obs, reward (num_envs,) float32, terminated, truncated (num_envs,) bool, info {"final_obs"}."""
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.device, shape=self._action_shape)
+        actions = check_actions(actions, self.num_envs, self.device, shape=self._action_shape,
+                                continuous=self._continuous)
         obs, reward, terminated, truncated, info = self.vector_env.step(
             decode_actions(self.gym_action_space, actions.cpu().numpy()))
         final = np.zeros((self.num_envs, self.obs_dim), dtype=np.float32)

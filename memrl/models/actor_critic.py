@@ -1,6 +1,7 @@
 """Actor-critic: obs encoder -> controller -> h_t -> PseudoMode memory -> [h_t, r_t] -> policy / value heads.
 
-    model = ActorCritic(obs_dim=3, num_actions=2, controller="mamba2")   # num_actions=(3, 5): MultiDiscrete
+    model = ActorCritic(obs_dim=3, num_actions=2, controller="mamba2")   # num_actions=(3, 5): MultiDiscrete;
+                                                                         # BoxActions(2): two reals (Gaussian)
     state = model.init_state(num_envs, device)
     out = model.act(obs, state, reset)          # one step for a batch of envs, (B, obs_dim)
     seq = model.evaluate(obs_seq, state0, reset_seq)   # whole sequences, (B, L, obs_dim)
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from ..memory import PseudoModeMemory
 from .controllers import CONTROLLERS
-from .distributions import Categoricals
+from .distributions import action_distribution
 
 
 class ACOutput(NamedTuple):
@@ -35,7 +36,7 @@ def _head(d_in: int, d_hidden: int, d_out: int, out_std: float) -> nn.Sequential
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, num_actions: int | tuple, controller: str = "mamba2", memory: bool = True,
+    def __init__(self, obs_dim: int, num_actions, controller: str = "mamba2", memory: bool = True,
                  d_model: int = 64, n_layers: int = 1, d_state: int = 16, headdim: int = 32, expand: int = 2,
                  mem_slots: int = 16, mem_dim: int = 64, mem_max_timescale: float = 2000.0,
                  mem_gate_init: float = 0.02, mem_chunk: int = 16, head_hidden: int = 64, ssm_chunk: int = 50):
@@ -50,7 +51,8 @@ class ActorCritic(nn.Module):
                                         gate_init=mem_gate_init, chunk_size=mem_chunk) if memory else None)
         self.read_norm = nn.LayerNorm(mem_dim) if memory else None
         d_head = d_model + (mem_dim if memory else 0)
-        self.action_dist = Categoricals(num_actions)  # int n: one categorical; tuple: one per MultiDiscrete component
+        # int n: one categorical; tuple: one per MultiDiscrete component; BoxActions(K): a diagonal Gaussian
+        self.action_dist = action_distribution(num_actions)
         self.policy = _head(d_head, head_hidden, self.action_dist.num_logits, 0.01)
         self.value = _head(d_head, head_hidden, 1, 1.0)
 

@@ -52,7 +52,7 @@ class RolloutActor:
         rec = lambda *shape, dtype=torch.float32: torch.empty(n, length, *shape, dtype=dtype, device=obs.device)  # noqa: E731
         has_gate = getattr(self.model, "memory", None) is not None
         return {"obs": rec(*obs.shape[1:], dtype=obs.dtype), "reset": rec(dtype=torch.bool),
-                "actions": rec(*self.model.action_dist.action_shape, dtype=torch.long), "logp": rec(),
+                "actions": rec(*self.model.action_dist.action_shape, dtype=self.model.action_dist.action_dtype), "logp": rec(),
                 "values": rec(), "rewards": rec(), "dones": rec(dtype=torch.bool), "truncated": rec(dtype=torch.bool),
                 "final_values": rec(), "success": rec(dtype=torch.bool) if self.env.reports_success else None,
                 "gate": rec() if has_gate else None}

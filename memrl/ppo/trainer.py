@@ -47,7 +47,8 @@ class NonFiniteError(RuntimeError):
     """A loss, gradient, parameter or recurrent state became NaN/inf; training stopped."""
 
 
-def build_model(cfg: Config, obs_dim: int, num_actions: int | tuple) -> ActorCritic:
+def build_model(cfg: Config, obs_dim: int, num_actions) -> ActorCritic:
+    """num_actions: env.action_components (n, a tuple of sizes, or BoxActions(K))."""
     return ActorCritic(obs_dim, num_actions, controller=cfg.controller, memory=cfg.memory, d_model=cfg.d_model,
                        n_layers=cfg.n_layers, d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
                        mem_slots=cfg.mem_slots, mem_dim=cfg.mem_dim,
