@@ -1,7 +1,8 @@
 """CPU figures for the SSD op at a named shape: the cpu backend and the reference vs naive vs upstream's ssd_minimal
 (its public source is fetched with pip into a cache folder on first use, tests/upstream.py), forward and
 forward+backward, in one run: times, ratios, achieved GFLOP/s against this machine's fp32 matmul rate measured in the
-same run, and the peak resident memory of each measurement (Linux: VmHWM, reset before each case).
+same run, and the peak resident memory of each measurement (Linux: VmHWM, reset before each case; in one process
+these depend on the order the cases run, since freed memory stays resident — compare peaks in fresh processes).
 
 Timing: --rounds rounds, each timing every case --reps times in turn (the cases interleaved, so a burst of load from
 another process hits all of them); each figure is the minimum over all rounds. Before any time is reported the cpu
