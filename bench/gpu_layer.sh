@@ -6,7 +6,8 @@
 # grid:  the op vs upstream on the grid (gpu_grid.py, GRID_BUDGET seconds)
 # bench: conv/norm (CONV_TIMEOUT=0 skips) and the whole layer vs upstream; waits for causal-conv1d, which
 #        gpu_setup_anchor.sh builds in the background meanwhile (upstream's fastest path needs it).
-# Wheels in .wheels/ (gymnasium for the memrl tests: the GPU image has none) are installed first.
+# Wheels in .wheels/ (gymnasium for the memrl tests: the GPU image has none) are installed first. Leave ~60 s of
+# the call for the packing at the end (NO_PACK=1 skips it).
 set -o pipefail
 stages="${*:-tests bench grid}"
 OUT="${OUT:-.}"
@@ -35,3 +36,13 @@ for stage in $stages; do
   esac
 done
 wait_cc
+# what comes back is at most 8 files: the logs in one archive, then the caches in 15 MB parts (see
+# gpu_setup_anchor.sh), the triton cache only if it fits in 3 parts, causal-conv1d's build only if in 2
+(cd "$OUT" && ls ./* >/dev/null 2>&1 && tar czf logs.tar.gz --remove-files ./*.txt ./*.json ./*.jsonl ./*.log 2>/dev/null)
+pack() {  # pack DIR NAME MAXPARTS
+  [ -d "$1" ] || return 0
+  tar cf - -C "$1" . | xz -T0 -6 | split -b 15M -d - "/tmp/$2.tar.xz.part"
+  if [ "$(ls /tmp/"$2".tar.xz.part* | wc -l)" -le "$3" ]; then mv /tmp/"$2".tar.xz.part* "$OUT/"; else
+    echo "$2: over $3 parts, not returned"; rm -f /tmp/"$2".tar.xz.part*; fi
+}
+[ -n "${NO_PACK:-}" ] || { pack .anchor/triton_cache triton_cache 3; pack .anchor/site cc_site 2; ls -la "$OUT"; }

@@ -19,10 +19,16 @@ PY
      --target "$OLDPWD/.anchor/site" . ) > /tmp/cc_build.log 2>&1 || echo "causal-conv1d build failed: /tmp/cc_build.log"
 }
 CC_BUILD_PID=
-# a build an earlier call returned (cc_site.tar.xz from $OUT, carried back in .anchor/) is unpacked instead
-if [ ! -d .anchor/site/causal_conv1d ] && [ -f .anchor/cc_site.tar.xz ]; then
-  mkdir -p .anchor/site && tar xJf .anchor/cc_site.tar.xz -C .anchor/site
+# What an earlier call returned (gpu_layer.sh packs them into $OUT as 15 MB parts; copy the parts into .anchor/
+# and carry it): the causal-conv1d build (cc_site.tar.xz.part*) and the Triton kernel + autotune cache
+# (triton_cache.tar.xz.part*). Kernel builds and autotuning took most of a fresh machine's device time.
+if [ ! -d .anchor/site/causal_conv1d ] && ls .anchor/cc_site.tar.xz.part* >/dev/null 2>&1; then
+  mkdir -p .anchor/site && cat .anchor/cc_site.tar.xz.part* | tar xJf - -C .anchor/site
 fi
+if [ ! -d .anchor/triton_cache ] && ls .anchor/triton_cache.tar.xz.part* >/dev/null 2>&1; then
+  mkdir -p .anchor/triton_cache && cat .anchor/triton_cache.tar.xz.part* | tar xJf - -C .anchor/triton_cache
+fi
+export TRITON_CACHE_DIR="$PWD/.anchor/triton_cache" TRITON_CACHE_AUTOTUNING=1
 if [ ! -d .anchor/site/causal_conv1d ]; then
   if [ "${1:-}" = bg ]; then build_cc & CC_BUILD_PID=$!; else build_cc; fi
 fi
