@@ -37,7 +37,7 @@ for stage in $stages; do
 done
 wait_cc
 # what comes back is at most 8 files: the logs in one archive, then the caches in 15 MB parts (see
-# gpu_setup_anchor.sh), the triton cache only if it fits in 3 parts, causal-conv1d's build only if in 2
+# gpu_setup_anchor.sh), each only if it fits in 2 parts (carried back they must fit the 64 MiB the tree may carry)
 (cd "$OUT" && ls ./* >/dev/null 2>&1 && tar czf logs.tar.gz --remove-files ./*.txt ./*.json ./*.jsonl ./*.log 2>/dev/null)
 pack() {  # pack DIR NAME MAXPARTS
   [ -d "$1" ] || return 0
@@ -45,4 +45,4 @@ pack() {  # pack DIR NAME MAXPARTS
   if [ "$(ls /tmp/"$2".tar.xz.part* | wc -l)" -le "$3" ]; then mv /tmp/"$2".tar.xz.part* "$OUT/"; else
     echo "$2: over $3 parts, not returned"; rm -f /tmp/"$2".tar.xz.part*; fi
 }
-[ -n "${NO_PACK:-}" ] || { pack .anchor/triton_cache triton_cache 3; pack .anchor/site cc_site 2; ls -la "$OUT"; }
+[ -n "${NO_PACK:-}" ] || { pack .anchor/triton_cache triton_cache 2; pack .anchor/site cc_site 2; ls -la "$OUT"; }
