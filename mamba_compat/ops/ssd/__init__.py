@@ -7,6 +7,7 @@ seq_idx, dt_softplus, dt_min, dt_max) -> (y, final_states)`, differentiable in e
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ... import backends
 from ..checks import (check_chunk_size, check_dt_limit, check_groups, check_seq_idx, require_rank, require_same_device,
@@ -27,6 +28,11 @@ def chunk_scan_impl(name: str):
 
 for _name in ("naive", "reference", "cpu"):  # cheap and always available: import now, so torch.compile never traces an import
     chunk_scan_impl(_name)
+if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+    try:  # the triton ops register when their module imports: do it now, not inside a first compiled call
+        chunk_scan_impl("triton")
+    except ImportError:
+        pass  # a broken triton install: the first call that needs the backend raises the same error itself
 
 
 def _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_limit):
