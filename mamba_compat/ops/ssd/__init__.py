@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+import torch
+
 from ... import backends
 from ..checks import (check_chunk_size, check_dt_limit, check_groups, check_seq_idx, require_rank, require_same_device,
                       require_same_dtype, require_shape, require_tensor)
