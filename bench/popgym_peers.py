@@ -1,12 +1,13 @@
 """memrl beside sb3-contrib's RecurrentPPO on POPGym envs, same machine, same wall budget, run side by side.
 
-For each env the two contenders train at the same time, one CPU thread each (so both see the same machine and the
+For each env the contenders (default memrl and RecurrentPPO; --contenders adds memrl's GRU / LSTM baselines) train
+at the same time, one CPU thread each (so both see the same machine and the
 same load), for --budget-min minutes of wall time; each evaluates on fresh episodes as it goes. The metric is
 POPGym's MMER: the max over training of the mean evaluation return (POPGym scales returns to [-1, 1]).
 
     python bench/popgym_peers.py --envs popgym-RepeatPreviousEasy-v0,popgym-RepeatFirstEasy-v0 --budget-min 10
 
-Needs the `popgym` and `sb3-contrib` packages (pip install popgym sb3-contrib). Writes OUT/<env>/{memrl,sb3}/ and
+Needs the `popgym` and `sb3-contrib` packages (pip install popgym sb3-contrib). Writes OUT/<env>/<contender>/ and
 OUT/peers.json, and prints a markdown table. One seed per run: say so when quoting it.
 """
 from __future__ import annotations
@@ -91,38 +92,56 @@ def summary(rows: list, wall: float, budget_s: float) -> dict:
             "env_steps": steps, "wall_s": wall}
 
 
-def run_env(env_id: str, out: str, budget_s: float, seed: int, memrl_args: list) -> dict:
+MEMRL_CONTENDERS = {  # name -> extra `memrl train` flags
+    "memrl": [],                                           # Mamba2 + PseudoMode memory (the defaults)
+    "memrl GRU": ["--controller", "gru", "--no-memory"],   # memrl's recurrent baselines, as POPGym's GRU / LSTM
+    "memrl LSTM": ["--controller", "lstm", "--no-memory"],
+}
+SB3 = "sb3 RecurrentPPO"
+
+
+def run_env(env_id: str, out: str, budget_s: float, seed: int, memrl_args: list, contenders: list) -> dict:
+    """Train every contender on env_id at the same time, one process and CPU thread each, for budget_s of wall."""
     os.makedirs(out, exist_ok=True)
     env1 = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    memrl_dir, sb3_dir = os.path.join(out, "memrl"), os.path.join(out, "sb3")
-    os.makedirs(sb3_dir, exist_ok=True)
-    memrl_cmd = [sys.executable, "-m", "memrl", "train", "--env", env_id, "--device", "cpu", "--seed", str(seed),
-                 "--out", memrl_dir, "--overwrite", "--no-progress", *memrl_args]
-    sb3_cmd = [sys.executable, __file__, "--sb3-worker", env_id, "--out", sb3_dir, "--budget-min", str(budget_s / 60),
-               "--seed", str(seed)]
+    cmds, dirs, commands = [], [], {}
+    for name in contenders:
+        d = os.path.join(out, name.replace(" ", "_"))
+        os.makedirs(d, exist_ok=True)
+        if name == SB3:
+            cmd = [sys.executable, __file__, "--sb3-worker", env_id, "--out", d, "--budget-min", str(budget_s / 60),
+                   "--seed", str(seed)]
+        else:
+            cmd = [sys.executable, "-m", "memrl", "train", "--env", env_id, "--device", "cpu", "--seed", str(seed),
+                   "--out", d, "--overwrite", "--no-progress", *MEMRL_CONTENDERS[name], *memrl_args]
+            commands[name] = " ".join(cmd[1:])
+        cmds.append(cmd)
+        dirs.append(d)
     t0 = time.perf_counter()
-    logs = [open(os.path.join(out, f"{name}.log"), "w") for name in ("memrl", "sb3")]
+    logs = [open(os.path.join(out, f"{name.replace(' ', '_')}.log"), "w") for name in contenders]
     # SIGINT stops memrl (it keeps what it logged); a shell's background job would hand it an ignored SIGINT
     procs = [subprocess.Popen(cmd, env=env1, stdout=log, stderr=subprocess.STDOUT,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-             for cmd, log in zip((memrl_cmd, sb3_cmd), logs)]
-    walls = [None, None]
+             for cmd, log in zip(cmds, logs)]
+    walls = [None] * len(procs)
     while any(w is None for w in walls):
         for i, p in enumerate(procs):
             if walls[i] is None and p.poll() is not None:
                 walls[i] = time.perf_counter() - t0
-        if time.perf_counter() - t0 > budget_s and procs[0].poll() is None:
-            procs[0].send_signal(signal.SIGINT)  # memrl stops on Ctrl-C and keeps what it logged
+        for name, p in zip(contenders, procs):
+            if name != SB3 and time.perf_counter() - t0 > budget_s and p.poll() is None:
+                p.send_signal(signal.SIGINT)  # memrl stops on Ctrl-C and keeps what it logged
         if time.perf_counter() - t0 > budget_s + 300:
             for i, p in enumerate(procs):
                 if p.poll() is None:
                     p.kill()
                     walls[i] = time.perf_counter() - t0
         time.sleep(1)
-    memrl_rows = read_jsonl(os.path.join(memrl_dir, "metrics.jsonl"))
-    return {"env": env_id, "memrl": summary(memrl_rows, walls[0], budget_s),
-            "sb3 RecurrentPPO": summary(read_jsonl(os.path.join(sb3_dir, "evals.jsonl")), walls[1], budget_s),
-            "memrl_command": " ".join(memrl_cmd[1:])}
+    row = {"env": env_id, "memrl_commands": commands}
+    for name, d, wall in zip(contenders, dirs, walls):
+        rows = read_jsonl(os.path.join(d, "evals.jsonl" if name == SB3 else "metrics.jsonl"))
+        row[name] = summary(rows, wall, budget_s)
+    return row
 
 
 def main():
@@ -134,11 +153,17 @@ def main():
     ap.add_argument("--sb3-worker", metavar="ENV_ID", help=argparse.SUPPRESS)
     ap.add_argument("--sb3-eval-every", type=int, default=20_000)
     ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--contenders", default=f"memrl,{SB3}",
+                    help=f"comma list, run side by side: {', '.join([*MEMRL_CONTENDERS, SB3])}")
     args, memrl_args = ap.parse_known_args()
+    contenders = [c.strip() for c in args.contenders.split(",")]
+    unknown = [c for c in contenders if c not in (*MEMRL_CONTENDERS, SB3)]
+    if unknown:
+        ap.error(f"--contenders: unknown {unknown}; choose from {[*MEMRL_CONTENDERS, SB3]}")
     if args.sb3_worker:
         return sb3_worker(args.sb3_worker, args.out, args.budget_min * 60, args.seed, args.sb3_eval_every,
                           args.eval_episodes)
-    rows = [run_env(e, os.path.join(args.out, e), args.budget_min * 60, args.seed, memrl_args)
+    rows = [run_env(e, os.path.join(args.out, e), args.budget_min * 60, args.seed, memrl_args, contenders)
             for e in args.envs.split(",")]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, 1 thread per contender"
     with open(os.path.join(args.out, "peers.json"), "w") as f:
@@ -147,7 +172,7 @@ def main():
     print("| env | contender | MMER | final eval return | evals | env steps | wall s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        for name in ("memrl", "sb3 RecurrentPPO"):
+        for name in contenders:
             s = r[name]
             print(f"| {r['env']} | {name} | {s['mmer']:.3f} | {s['final_return']:.3f} | {s['evals']} | "
                   f"{s['env_steps']:,} | {s['wall_s']:.0f} |")
