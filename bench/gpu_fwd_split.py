@@ -9,7 +9,6 @@ eager calls. The sequential grid's program count (b*h*cdiv(P, 32)) is printed: t
 """
 import math
 import os
-import statistics
 import sys
 
 import torch
@@ -17,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_compat.ops.ssd import triton as ours  # noqa: E402
+from timing import cuda_median_ms  # noqa: E402
 
 try:
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as upstream
@@ -40,18 +40,8 @@ SHAPES = [  # b, L, H, G, N, dtype, z
 KS = (0, 1, 2, 4, 8, 16, 32)
 
 
-def timed(fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+def timed(fn):
+    return cuda_median_ms(fn, reps=10)
 
 
 def main():

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_compat.ops.ssd import triton as ours  # noqa: E402
+from timing import cuda_median_ms  # noqa: E402
 
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as upstream  # noqa: E402
 
@@ -76,20 +77,6 @@ def call(which, args, kw):
     return upstream(*args, 256, dt_softplus=True, return_final_states=True, **kw)
 
 
-def timed(fn, reps):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
-
-
 def run(shape):
     b, L, H, G, N, dtype, opts = shape
     args, kw = inputs(*shape)
@@ -106,13 +93,13 @@ def run(shape):
     for rnd in range(2):
         for which in ("ours", "upstream"):
             with torch.no_grad():
-                f = timed(lambda: call(which, args, kw), reps)
+                f = cuda_median_ms(lambda: call(which, args, kw), reps)
 
             def fb():
                 y, fin = call(which, leaves, kwl)
                 torch.autograd.grad((y, fin), diff, (gy, torch.ones_like(fin)))
 
-            fbt = timed(fb, reps)
+            fbt = cuda_median_ms(fb, reps)
             row[f"{which} fwd"] = min(f, row.get(f"{which} fwd", f))
             row[f"{which} fwdbwd"] = min(fbt, row.get(f"{which} fwdbwd", fbt))
     row["fwd x"] = row["upstream fwd"] / row["ours fwd"]

@@ -22,7 +22,6 @@ import datetime
 import functools
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_compat import Mamba2  # noqa: E402
+from timing import cuda_median_ms  # noqa: E402
 import importlib  # noqa: E402
 ours_mod = importlib.import_module("mamba_compat.modules.mamba2")
 ours_norm = importlib.import_module("mamba_compat.modules.rmsnorm_gated")  # the module (the package exports a function of that name)
@@ -53,22 +53,6 @@ CFG = dict(d_state=128, headdim=64, expand=2)
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def timed(fn, reps=20, warm=3):
-    """Median ms of fn() over reps, CUDA events around each call."""
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 @contextlib.contextmanager
@@ -153,7 +137,7 @@ def run_shape(d_model, b, L, reps):
             def fwdbwd():
                 m(x).backward(gy)
 
-            f, fb = timed(fwd, reps), timed(fwdbwd, reps)
+            f, fb = cuda_median_ms(fwd, reps, warm=3), cuda_median_ms(fwdbwd, reps, warm=3)
             row[f"{name} fwd"] = min(f, row.get(f"{name} fwd", f))
             row[f"{name} fwdbwd"] = min(fb, row.get(f"{name} fwdbwd", fb))
             if rnd == 0:
@@ -190,7 +174,7 @@ def decode_row(d_model, batch, reps=200):
             outs[name] = (m.step(tok, conv, ssm)[0].float(), ssm.float().clone())
             conv.copy_(c0)
             ssm.copy_(s0)
-            row[f"{name} eager us"] = 1e3 * timed(lambda: m.step(tok, conv, ssm), reps, warm=10)
+            row[f"{name} eager us"] = 1e3 * cuda_median_ms(lambda: m.step(tok, conv, ssm), reps, warm=10)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -200,7 +184,7 @@ def decode_row(d_model, batch, reps=200):
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 m.step(tok, conv, ssm)
-            row[f"{name} graph us"] = 1e3 * timed(g.replay, reps, warm=10)
+            row[f"{name} graph us"] = 1e3 * cuda_median_ms(g.replay, reps, warm=10)
     first = next(iter(outs))
     for name in outs:
         if name != first:
