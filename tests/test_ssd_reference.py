@@ -174,11 +174,12 @@ def test_opcheck_registered_op():
 
 
 def test_torch_compile_fullgraph_cpu():
+    """The reference under torch.compile (named: `auto` on CPU is now the cpu backend, compiled in test_ssd_cpu.py)."""
     kw = make_problem(b=1, l=24, h=2, p=4, g=1, n=4, dtype=torch.float32, requires_grad=True)
 
     def f(x, dt, A, B, C, D, z, dt_bias, initial_states):
         y, s = mamba_chunk_scan_combined(x, dt, A, B, C, 8, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
-                                         dt_softplus=True, return_final_states=True)
+                                         dt_softplus=True, return_final_states=True, backend="reference")
         return y.square().sum() + s.sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
