@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="no tqdm counter on a terminal (the per-evaluation and per-stage lines stay)")
     t.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, launch the acting loop's kernels eagerly instead of replaying one CUDA graph")
+    t.add_argument("--no-update-graph", action="store_true",
+                   help="on CUDA, launch the PPO minibatch step's kernels eagerly instead of replaying a CUDA graph")
     fmt = argparse.ArgumentDefaultsHelpFormatter
     e = sub.add_parser("eval", help="evaluate a checkpoint on fresh episodes (greedy actions)", formatter_class=fmt,
                        description="Evaluate a checkpoint on fresh episodes of its full horizon.")
@@ -107,7 +109,8 @@ def _config(values: dict, given: dict, source: str | None = None) -> Config:
 
 def _overrides(args) -> dict:
     overrides = {n: getattr(args, n) for n in _TRAIN_FLAGS if getattr(args, n) is not None}
-    for flag, field in (("no_memory", "memory"), ("no_cuda_graph", "cuda_graph"), ("no_progress", "progress")):
+    for flag, field in (("no_memory", "memory"), ("no_cuda_graph", "cuda_graph"), ("no_update_graph", "update_graph"),
+                        ("no_progress", "progress")):
         if getattr(args, flag):
             overrides[field] = False
     if args.resume:

@@ -148,6 +148,9 @@ class Config:
     """auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps."""
     cuda_graph: bool = True
     """On CUDA, capture each rollout's acting loop as one CUDA graph and replay it (False = eager launches)."""
+    update_graph: bool = True
+    """On CUDA, capture the PPO minibatch step (evaluate, loss, backward, clipping) as a CUDA graph and replay it
+    for every minibatch (False = eager launches; GRU/LSTM and data parallel always run it eagerly)."""
     out: str = ""
     """Run directory: checkpoint.pt, metrics.jsonl, config.json, curves.png, tb/ ('' = new runs/ENV-H-CONTROLLER-N)."""
     tensorboard: bool = True

@@ -56,6 +56,12 @@ class ActorCritic(nn.Module):
         self.policy = _head(d_head, head_hidden, self.action_dist.num_logits, 0.01)
         self.value = _head(d_head, head_hidden, 1, 1.0)
 
+    @property
+    def graph_safe(self) -> bool:
+        """Whether `evaluate` launches the same kernels whatever the data (no host sync): it can be captured as a
+        CUDA graph. The GRU/LSTM's sequence pass cuts the sequence where episodes reset; Mamba2's does not."""
+        return self.controller.graph_safe
+
     def init_state(self, batch: int, device=None) -> dict:
         state = {f"ctrl.{k}": v for k, v in self.controller.init_state(batch, device).items()}
         if self.memory is not None:

@@ -20,6 +20,8 @@ def _keep(reset: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Mamba2Controller(nn.Module):
     """A stack of pre-norm residual Mamba2 blocks (mamba_compat, whatever backend the device has)."""
 
+    graph_safe = True  # forward_seq: the same kernels whatever the resets (they become seq_idx)
+
     def __init__(self, d_model: int = 64, n_layers: int = 1, d_state: int = 16, headdim: int = 32, expand: int = 2,
                  d_conv: int = 4, chunk_size: int = 64):
         super().__init__()
@@ -61,6 +63,7 @@ class _TorchRNNController(nn.Module):
 
     rnn_cls = nn.GRU
     state_names = ("h",)
+    graph_safe = False  # forward_seq picks its cuts on the host from the resets
 
     def __init__(self, d_model: int = 64, n_layers: int = 1, **_):
         super().__init__()

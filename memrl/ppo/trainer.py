@@ -15,8 +15,9 @@ Truncation is not termination: GAE stops at both, but a truncated step bootstrap
 episode's final obs (RolloutActor computes it from the recurrent state before the reset); a terminated one does not.
 
 Sections of `train()`: rollout (acting under inference_mode, rollout.py; on CUDA replayed as CUDA graphs of up
-to 100 steps) -> advantages (GAE) -> update (epochs x minibatches of whole env sequences) -> logging /
-evaluation / checkpoint.
+to 100 steps) -> advantages (GAE) -> update (epochs x minibatches of whole env sequences; the loss is loss.py's
+pure function, the minibatch step update.py's, on CUDA replayed as a CUDA graph) -> logging / evaluation /
+checkpoint.
 
 Data parallel (under torchrun, see memrl/distributed.py and docs/distributed.md): every rank steps its own
 `num_envs` envs with its own seed; gradients are averaged by one explicit all-reduce per minibatch (not
@@ -38,6 +39,7 @@ from ..envs import HorizonEnv, make_env
 from ..models import ActorCritic
 from .evaluate import evaluate_policy
 from .rollout import RolloutActor
+from .update import MinibatchUpdater
 
 
 DEFAULT_ROLLOUT_LEN = 128  # rollout_len=0 for an env without a horizon knob (CleanRL's PPO default)
@@ -54,10 +56,6 @@ def build_model(cfg: Config, obs_dim: int, num_actions) -> ActorCritic:
                        mem_slots=cfg.mem_slots, mem_dim=cfg.mem_dim,
                        mem_max_timescale=cfg.mem_timescale_factor * cfg.horizon, mem_gate_init=cfg.mem_gate_init,
                        mem_chunk=cfg.mem_chunk, head_hidden=cfg.head_hidden, ssm_chunk=cfg.ssm_chunk)
-
-
-def _index_state(state: dict, idx) -> dict:
-    return {k: v[idx] for k, v in state.items()}
 
 
 def _all_finite(tensors) -> bool:
@@ -117,6 +115,8 @@ class PPOTrainer:
         self.gen = torch.Generator(device=self.device)  # action sampling and minibatch order
         self.gen.manual_seed(seed)
         self.actor = RolloutActor(self.model, self.env, self.gen, use_cuda_graph=cfg.cuda_graph)
+        self.updater = MinibatchUpdater(self.model, self.optimizer, cfg, use_cuda_graph=cfg.update_graph,
+                                        world=self.world)
         self.env_seed = seed
         self.obs, _ = self.env.reset(seed=seed)
         self.next_reset = torch.ones(cfg.num_envs, dtype=torch.bool, device=self.device)
@@ -161,14 +161,16 @@ class PPOTrainer:
         return ended
 
     # ------------------------------------------------------------------------------------------- update
-    def _sequences(self, roll: dict, idx: torch.Tensor):
-        """Minibatch inputs for envs idx: (obs (b, B+T, O), reset (b, B+T), state, B) with the burn-in prefix."""
-        obs, reset, state = roll["obs"][idx], roll["reset"][idx], _index_state(roll["state0"], idx)
-        if self.prefix is None:
-            return obs, reset, state, 0
-        p = self.prefix
-        return (torch.cat([p["obs"][idx], obs], 1), torch.cat([p["reset"][idx], reset], 1),
-                _index_state(p["state"], idx), p["obs"].shape[1])
+    def _update_data(self, roll: dict, adv: torch.Tensor, returns: torch.Tensor) -> dict:
+        """The update's inputs for all envs (MinibatchUpdater.begin): sequences with the burn-in prefix in front."""
+        data = {"obs": roll["obs"], "reset": roll["reset"], "state": roll["state0"], "skip": 0,
+                "actions": roll["actions"], "logp": roll["logp"], "adv": adv, "returns": returns,
+                "values": roll["values"]}
+        if self.prefix is not None:
+            p = self.prefix
+            data.update(obs=torch.cat([p["obs"], roll["obs"]], 1), reset=torch.cat([p["reset"], roll["reset"]], 1),
+                        state=p["state"], skip=p["obs"].shape[1])  # (N, B+T, O), (N, B+T)
+        return data
 
     def update(self, roll: dict, success: float | None = None) -> dict:
         """Epochs x minibatches of PPO on `roll`. success: the (global) rollout success rate, if known."""
@@ -184,64 +186,26 @@ class PPOTrainer:
         if success is None:
             success = self.rollout_stats(roll)["success"]
         gate_coef = cfg.gate_coef if cfg.gate_penalty_after == 0 or success >= cfg.gate_penalty_after else 0.0
-        # Statistics and finite checks stay on the device until the end of the update: a host sync per minibatch
-        # would stall the host until the GPU drains, so its kernel launches could not overlap the GPU's work.
-        stats = {k: torch.zeros((), device=self.device) for k in ("approx_kl", "clipfrac", "pg_loss", "v_loss",
-                                                                   "entropy", "gate_loss", "grad_norm")}
-        first_bad = torch.full((), -1, device=self.device)  # first minibatch with a non-finite loss (any rank) or grad norm
-        count = 0
+        # Statistics and finite checks stay on the device until the end of the update (update.py): a host sync
+        # per minibatch would stall the host until the GPU drains, so its launches could not overlap the GPU's work.
+        self.updater.begin(self._update_data(roll, adv, returns), gate_coef)
         stop = False
         for epoch in range(cfg.update_epochs):
             perm = torch.randperm(n, device=self.device, generator=self.gen)
             if cfg.norm_adv and self.world > 1:  # statistics of each global minibatch (union over ranks), all at once
                 mb_mean, mb_std = dist.global_mean_std(adv[perm].view(n // mb, -1), per_row=True)  # (n_mb,) each
             for start in range(0, n, mb):
-                idx = perm[start:start + mb]
-                obs, reset, state, skip = self._sequences(roll, idx)
-                out = model.evaluate(obs, state, reset)
-                logits, values = out.logits[:, skip:], out.value[:, skip:]  # (b, T, A), (b, T)
-                new_logp = model.action_dist.log_prob(logits, roll["actions"][idx])  # (b, T), summed over components
-                entropy = model.action_dist.entropy(logits).mean()
-                logratio = new_logp - roll["logp"][idx]
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, Schulman 2020 "Approximating KL"
-                    clipfrac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
-                a = adv[idx]
-                if cfg.norm_adv and self.world > 1:
-                    a = (a - mb_mean[start // mb]) / (mb_std[start // mb] + 1e-8)
-                elif cfg.norm_adv:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                ret, old_v = returns[idx], roll["values"][idx]
-                if cfg.clip_vloss:  # clipped value loss as in OpenAI baselines' PPO2
-                    v_clip = old_v + (values - old_v).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((values - ret) ** 2, (v_clip - ret) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((values - ret) ** 2).mean()
-                gate_loss = out.gate[:, skip:].mean() if out.gate is not None else values.new_zeros(())
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss + gate_coef * gate_loss
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_bad = (~torch.isfinite(loss.detach())).float()
-                if self.world > 1:  # mean of the ranks' gradients = gradient of the global minibatch's mean loss
-                    loss_bad = dist.average_gradients(model.parameters(), local_bad=loss_bad)  # ranks reporting one
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                mb_bad = (loss_bad > 0) | ~torch.isfinite(grad_norm)
-                first_bad = torch.where((first_bad < 0) & mb_bad, count, first_bad)
-                self.optimizer.step()
-                for k, v in (("approx_kl", approx_kl), ("clipfrac", clipfrac), ("pg_loss", pg_loss),
-                             ("v_loss", v_loss), ("entropy", entropy), ("gate_loss", gate_loss),
-                             ("grad_norm", grad_norm)):
-                    stats[k] += v.detach()
-                count += 1
+                norm = (mb_mean[start // mb], mb_std[start // mb]) if cfg.norm_adv and self.world > 1 else ()
+                self.updater.step(perm[start:start + mb], *norm)
             if cfg.target_kl > 0:  # one host sync per epoch, only with the early stop on
-                kl = float(stats["approx_kl"]) / count
+                kl = float(self.updater.sb["stats"]["approx_kl"]) / self.updater.steps
                 if self.world > 1:  # decided from the rank mean: identical on every rank
                     kl = dist.mean_values(kl)[0]
                 if kl > cfg.target_kl:
                     stop = True
                     break
+        res = self.updater.finish()
+        count, first_bad, (pg_loss, v_loss, entropy, gate_loss) = res["steps"], res["first_bad"], res["last"]
         first = int(first_bad)  # equal on every rank: the loss flags were all-reduced and the gradients are identical
         if first >= 0:
             per_epoch = -(-n // mb)
@@ -251,6 +215,7 @@ class PPOTrainer:
                                  + f"; last minibatch: {_terms(pg_loss, v_loss, entropy, gate_loss)}")
         if not _all_finite(p for p in model.parameters()):
             raise NonFiniteError(f"non-finite parameters after update {self.update_idx + 1}")
+        stats = res["stats"]
         stats = dict(zip(stats, (torch.stack(list(stats.values())) / count).tolist()))  # one host sync
         if self.world > 1:
             stats = dict(zip(stats, dist.mean_values(*stats.values())))
