@@ -1,6 +1,12 @@
 """memrl training throughput on one device: acting (eager vs CUDA graph), PPO update, whole train step.
 
     python3 bench/memrl_speed.py [--device cuda] [--envs 512,4096] [--controllers mamba2,gru] [--horizon 200]
+                                 [--modes graph,eager-update,eager] [--profile]
+
+Modes on CUDA: graph = acting and the PPO minibatch step replayed as CUDA graphs (the default), eager-update =
+acting graphed, update eager (--no-update-graph), eager = both eager. --profile adds, per row, a torch.profiler
+picture of one update and one rollout: the share of the wall time the GPU is busy (kernels) against host gaps,
+and the top kernels.
 
 Each row builds a trainer with the default model and PPO settings (DelayedCue, curriculum off so rollouts
 are `horizon` steps), warms it up (first rollout: kernel compilation, autotuning, graph capture; timed
@@ -36,9 +42,32 @@ def _timed(fn, device, repeats):
     return min(times), sum(times) / len(times)
 
 
-def measure(controller: str, num_envs: int, horizon: int, device: str, graph: bool, repeats: int) -> dict:
+MODES = {"graph": (True, True), "eager-update": (True, False), "eager": (False, False)}  # (acting, update) graphed
+
+
+def profile(fn, device, top: int = 6) -> dict:
+    """One call of fn under torch.profiler: wall ms, GPU-busy ms (kernels, memcpy, memset: self device time),
+    their ratio, and the top kernels by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    _sync(device)
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    busy = sum(e.self_device_time_total for e in events) / 1e3  # us -> ms
+    events.sort(key=lambda e: -e.self_device_time_total)
+    return {"wall_ms": wall * 1e3, "gpu_busy_ms": busy, "busy_share": busy / (wall * 1e3),
+            "top": [(e.key[:70], round(e.self_device_time_total / 1e3, 2), e.count) for e in events[:top]]}
+
+
+def measure(controller: str, num_envs: int, horizon: int, device: str, mode: str, repeats: int,
+            with_profile: bool = False) -> dict:
+    graph, update_graph = MODES[mode]
     cfg = Config(controller=controller, num_envs=num_envs, horizon=horizon, curriculum_start=0, device=device,
-                 cuda_graph=graph, progress=False, tensorboard=False)
+                 cuda_graph=graph, update_graph=update_graph, progress=False, tensorboard=False)
     torch.manual_seed(0)
     trainer = PPOTrainer(cfg)
     dev = trainer.device
@@ -49,18 +78,24 @@ def measure(controller: str, num_envs: int, horizon: int, device: str, graph: bo
     roll = trainer.collect_rollout()
     _sync(dev)
     first = time.perf_counter() - t0
-    trainer.update(roll)  # warm the update's kernels
+    trainer.update(roll)  # warm the update's kernels (and, graphed, capture it)
+    trainer.update(roll)
     _sync(dev)
     act_min, act_mean = _timed(trainer.collect_rollout, dev, repeats)
     upd_min, upd_mean = _timed(lambda: trainer.update(roll), dev, repeats)
     step_min, step_mean = _timed(trainer.train_step, dev, repeats)
     row = {"controller": controller, "memory": cfg.memory, "num_envs": num_envs, "horizon": horizon,
-           "device": str(dev), "cuda_graph": trainer.actor.use_cuda_graph, "first_rollout_s": first,
+           "device": str(dev), "mode": mode, "cuda_graph": trainer.actor.use_cuda_graph,
+           "update_graph": trainer.updater.use_cuda_graph, "first_rollout_s": first,
            "acting_s": act_mean, "acting_sps": steps / act_min, "update_s": upd_mean, "update_sps": steps / upd_min,
            "train_step_s": step_mean, "train_step_sps": steps / step_min,
-           "graphs_captured": trainer.actor.captures}
+           "update_share": upd_min / (act_min + upd_min),
+           "graphs_captured": trainer.actor.captures, "update_graphs_captured": trainer.updater.captures}
     if dev.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        if with_profile:
+            row["profile_update"] = profile(lambda: trainer.update(roll), dev)
+            row["profile_rollout"] = profile(trainer.collect_rollout, dev)
     return row
 
 
@@ -71,20 +106,26 @@ def main():
     ap.add_argument("--controllers", default="mamba2,gru")
     ap.add_argument("--horizon", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-eager", action="store_true", help="skip the eager-acting rows on CUDA")
+    ap.add_argument("--modes", default="graph,eager-update,eager", help=f"of {', '.join(MODES)} (CUDA)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler summary of one update and one rollout")
     args = ap.parse_args()
     rows = []
     for controller in args.controllers.split(","):
         for n in map(int, args.envs.split(",")):
-            graphs = [True] if args.no_eager else [True, False]
-            for graph in graphs:
-                row = measure(controller, n, args.horizon, args.device, graph, args.repeats)
+            for mode in args.modes.split(","):
+                row = measure(controller, n, args.horizon, args.device, mode, args.repeats, args.profile)
                 rows.append(row)
-                print(f"{controller:7s} envs={n:5d} graph={str(row['cuda_graph']):5s} first={row['first_rollout_s']:6.2f}s "
+                print(f"{controller:7s} envs={n:5d} {mode:12s} first={row['first_rollout_s']:6.2f}s "
                       f"acting={row['acting_sps'] / 1e6:7.3f}M/s ({row['acting_s'] * 1e3:7.1f} ms) "
                       f"update={row['update_sps'] / 1e6:7.3f}M/s ({row['update_s'] * 1e3:7.1f} ms) "
-                      f"train_step={row['train_step_sps'] / 1e6:7.3f}M/s  mem={row.get('peak_mem_gb', 0):.2f}GB",
-                      flush=True)
+                      f"train_step={row['train_step_sps'] / 1e6:7.3f}M/s  update share={row['update_share']:.0%} "
+                      f"mem={row.get('peak_mem_gb', 0):.2f}GB", flush=True)
+                for part in ("profile_update", "profile_rollout"):
+                    if part in row:
+                        p = row[part]
+                        print(f"    {part}: wall {p['wall_ms']:.1f} ms, GPU busy {p['gpu_busy_ms']:.1f} ms "
+                              f"({p['busy_share']:.0%}); top: " + "; ".join(f"{k} {ms} ms x{c}" for k, ms, c in p["top"]),
+                              flush=True)
                 if row["device"] == "cpu":
                     break  # no graphs on CPU: one row
     meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
