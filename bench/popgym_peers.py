@@ -39,6 +39,8 @@ def sb3_worker(env_id: str, out: str, budget_s: float, seed: int, eval_every: in
 
     def evaluate(model) -> float:
         env = gym.make(env_id)
+        if flat:
+            env = gym.wrappers.FlattenObservation(env)
         total = 0.0
         for ep in range(eval_episodes):
             obs, _ = env.reset(seed=10_000 + ep)
@@ -65,7 +67,12 @@ def sb3_worker(env_id: str, out: str, budget_s: float, seed: int, eval_every: in
                 log.flush()
             return time.perf_counter() - start < budget_s
 
-    model = RecurrentPPO("MlpLstmPolicy", make_vec_env(env_id, n_envs=8, seed=seed), seed=seed, device="cpu")
+    # sb3 takes Box, Discrete, MultiDiscrete observations; a Tuple/Dict (Autoencode's) is flattened to one vector,
+    # discrete parts one-hot: the encoding memrl's gymnasium adapter uses
+    flat = not isinstance(gym.make(env_id).observation_space, (gym.spaces.Box, gym.spaces.Discrete,
+                                                                 gym.spaces.MultiDiscrete))
+    venv = make_vec_env(env_id, n_envs=8, seed=seed, wrapper_class=gym.wrappers.FlattenObservation if flat else None)
+    model = RecurrentPPO("MlpLstmPolicy", venv, seed=seed, device="cpu")
     model.learn(total_timesteps=10**9, callback=Budget())
     log.write(json.dumps({"env_steps": model.num_timesteps, "eval_return": evaluate(model),
                           "wall": time.perf_counter() - start, "final": True}) + "\n")
