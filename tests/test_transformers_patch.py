@@ -3,10 +3,14 @@
 Tiny random-weight fp32 models built here (no hub downloads): hidden 64, 2 layers, 4 mamba heads of 32, state
 16, 2 groups, chunk 8. Tolerances: 10x the largest error measured on CPU over the six families (logits 9.5e-7,
 loss 4.8e-7, gradient 1.6e-6 relative to the tensor's max; packed vs separate: logits 1.2e-6, gradients 8.3e-6).
+
+MAMBA_COMPAT_TEST_DEVICE=cuda runs the same tests on the GPU (our Triton kernels against HF's torch path there),
+with TF32 off on both sides so that the fp32 tolerances mean the same.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -18,6 +22,11 @@ import transformers  # in the test extra: pip install -e '.[test]'
 import mamba_compat
 from mamba_compat.integrations import hf_adapters
 from mamba_compat.integrations import transformers as hf_patch
+
+DEVICE = torch.device(os.environ.get("MAMBA_COMPAT_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":  # fp32 means fp32: no TF32 in HF's matmuls / convolutions or in our Triton dots
+    os.environ["MAMBA_COMPAT_TRITON_FP32"] = "ieee"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 LOGIT_TOL, LOSS_TOL, GRAD_RTOL = 1e-5, 5e-6, 2e-5
 PACKED_LOGIT_TOL, PACKED_GRAD_RTOL = 1e-5, 8e-5
@@ -70,7 +79,7 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     kwargs.update(overrides)
     config = getattr(transformers, config_name)(**kwargs)
     torch.manual_seed(seed)
-    return getattr(transformers, model_name)(config).float()
+    return getattr(transformers, model_name)(config).float().to(DEVICE)
 
 FAMILIES = [pytest.param(f, marks=pytest.mark.skipif(not has_family(f), reason=f"transformers has no {f}"))
             for f in FAMILY_CONFIGS]
@@ -199,7 +208,7 @@ def test_logits_loss_grads_and_generate_match_hf(family, counts):
     model = tiny_model(family)
     n = _n_mixers(model, family)
     torch.manual_seed(1)
-    ids = torch.randint(3, VOCAB, (2, 21))  # 3 chunks of 8, the last partial
+    ids = torch.randint(3, VOCAB, (2, 21)).to(DEVICE)  # 3 chunks of 8, the last partial
     prompt = ids[:1, :9]
     ref = {mode: _run(model, ids, mode) for mode in ("train", "eval")}
     with torch.no_grad():
@@ -233,7 +242,7 @@ def test_falcon_h1_with_mamba_rms_norm_matches_hf(counts):
     if not has_family("falcon_h1"):
         pytest.skip("transformers has no falcon_h1")
     model = tiny_model("falcon_h1", mamba_rms_norm=True, mamba_norm_before_gate=False)
-    ids = torch.randint(3, VOCAB, (2, 19), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(3, VOCAB, (2, 19), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     r_logits, r_loss, r_grads = _run(model, ids, "train")
     mamba_compat.patch_transformers(["falcon_h1"])
     logits, loss, grads = _run(model, ids, "train")
@@ -244,9 +253,10 @@ def test_falcon_h1_with_mamba_rms_norm_matches_hf(counts):
 
 def _packed(lens, seed=3):
     g = torch.Generator().manual_seed(seed)
-    seqs = [torch.randint(3, VOCAB, (1, n), generator=g) for n in lens]
+    seqs = [torch.randint(3, VOCAB, (1, n), generator=g).to(DEVICE) for n in lens]
     seq_idx = torch.cat([torch.full((1, n), i, dtype=torch.int32) for i, n in enumerate(lens)], 1)  # (1, total)
     position_ids = torch.cat([torch.arange(n)[None] for n in lens], 1)  # (1, total)
+    seq_idx, position_ids = seq_idx.to(DEVICE), position_ids.to(DEVICE)
     return seqs, torch.cat(seqs, 1), seq_idx, position_ids
 
 
@@ -272,7 +282,7 @@ def test_packed_training_step_equals_separate_sequences(family):
             logits = _lm_logits(model, family, ids, seq_idx=seq_idx, position_ids=position_ids)
         else:
             logits = torch.cat([_lm_logits(model, family, s) for s in seqs], 1)
-        targets = torch.cat([torch.cat([s[:, 1:], torch.full((1, 1), -100)], 1) for s in seqs], 1)  # no cross-seq
+        targets = torch.cat([torch.cat([s[:, 1:], torch.full((1, 1), -100, device=DEVICE)], 1) for s in seqs], 1)  # no cross-seq
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         loss.backward()
         results.append((logits.detach(), loss.detach(),
