@@ -20,7 +20,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 if [ -z "${SKIP_TESTS:-}" ]; then
 echo "== CUDA tests"
-timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/memrl/test_update.py tests/memrl/test_rollout.py 2>&1 | tail -15
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/memrl/test_update.py tests/memrl/test_rollout.py} 2>&1 | tail -15
 fi
 
 if [ -z "${SKIP_SPEED:-}" ]; then

@@ -48,6 +48,7 @@ MODES = {"graph": (True, True), "eager-update": (True, False), "eager": (False, 
 def profile(fn, device, top: int = 6) -> dict:
     """One call of fn under torch.profiler: wall ms, GPU-busy ms (kernels, memcpy, memset: self device time),
     their ratio, and the top kernels by device time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
     _sync(device)
@@ -56,7 +57,8 @@ def profile(fn, device, top: int = 6) -> dict:
         fn()
         _sync(device)
         wall = time.perf_counter() - t0
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    # device-side events only (kernels, memcpy, memset): an eager op's CPU event carries its kernels' time too
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     busy = sum(e.self_device_time_total for e in events) / 1e3  # us -> ms
     events.sort(key=lambda e: -e.self_device_time_total)
     return {"wall_ms": wall * 1e3, "gpu_busy_ms": busy, "busy_share": busy / (wall * 1e3),
