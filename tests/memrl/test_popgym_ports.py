@@ -224,3 +224,25 @@ def test_cli_header_names_a_port_torch_native(tmp_path, capsys):
     assert main(["train", "--env", "popgym-RepeatFirstEasy-v0", "--device", "cpu", "--num-envs", "8",
                  "--total-steps", "408", "--d-model", "16", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     assert "memrl train: popgym-RepeatFirstEasy-v0 (torch-native, 4 obs)" in capsys.readouterr().out
+
+
+EASY_PORTS = [e for e in POPGYM_PORTS if "Easy" in e]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("env_id", EASY_PORTS)
+def test_port_rollouts_replay_as_cuda_graphs(env_id):
+    """Each port's step captures in the rollout's CUDA graph (no host sync, no CPU tensor copied in: the
+    cartpole's list index did that once) and the replayed rollouts equal eager ones."""
+    from memrl.ppo import PPOTrainer
+    runs = []
+    for graph in (True, False):
+        torch.manual_seed(0)
+        cfg = Config(env=env_id, num_envs=64, num_minibatches=4, rollout_len=24, device="cuda", cuda_graph=graph,
+                     progress=False, tensorboard=False)
+        trainer = PPOTrainer(cfg)
+        runs.append([trainer.collect_rollout() for _ in range(2)])
+        assert trainer.actor.use_cuda_graph == graph
+    for g, e in zip(*runs):
+        assert torch.equal(g["actions"], e["actions"]) and torch.equal(g["rewards"], e["rewards"])
+        assert torch.equal(g["obs"], e["obs"])

@@ -66,7 +66,8 @@ class PositionOnlyCartPole(PopgymPort):
         self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
 
     def _observe(self) -> torch.Tensor:
-        return self.state[:, [0, 2]].float()  # (num_envs, 2): x, theta
+        # columns 0 and 2 by a slice: a list index would copy a CPU index tensor (refused inside a CUDA graph)
+        return self.state[:, 0::2].float()  # (num_envs, 2): x, theta
 
     def _advance(self, actions: torch.Tensor):
         self.state, terminated = cartpole_physics(self.state, actions == 1)
