@@ -67,10 +67,10 @@ def sb3_worker(env_id: str, out: str, budget_s: float, seed: int, eval_every: in
                 log.flush()
             return time.perf_counter() - start < budget_s
 
-    # sb3 takes Box, Discrete, MultiDiscrete observations; a Tuple/Dict (Autoencode's) is flattened to one vector,
-    # discrete parts one-hot: the encoding memrl's gymnasium adapter uses
-    flat = not isinstance(gym.make(env_id).observation_space, (gym.spaces.Box, gym.spaces.Discrete,
-                                                                 gym.spaces.MultiDiscrete))
+    # sb3 takes Box and Discrete observations; a Tuple/Dict (Autoencode's) is flattened to one vector, discrete
+    # parts one-hot (the encoding memrl's gymnasium adapter uses), and so is a MultiDiscrete (CountRecall's:
+    # sb3-contrib 2.x's LSTM policy fails on it, "input_size should be of type int, got: int64")
+    flat = not isinstance(gym.make(env_id).observation_space, (gym.spaces.Box, gym.spaces.Discrete))
     venv = make_vec_env(env_id, n_envs=8, seed=seed, wrapper_class=gym.wrappers.FlattenObservation if flat else None)
     model = RecurrentPPO("MlpLstmPolicy", venv, seed=seed, device="cpu")
     model.learn(total_timesteps=10**9, callback=Budget())
