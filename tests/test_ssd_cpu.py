@@ -2,7 +2,6 @@
 states and every gradient, with seq_idx resets, initial states, z, D, ragged last chunks, groups; float64 gradcheck
 and opcheck of its registered op; torch.compile. Float32 bounds are a few times the error measured here (run with
 MAMBA_COMPAT_RECORD_ERRORS=/tmp/err.jsonl, then `python bench/tolerances.py /tmp/err.jsonl`)."""
-import math
 
 import pytest
 import torch
@@ -11,9 +10,10 @@ from mamba_compat import mamba_chunk_scan_combined
 from mamba_compat.ops.ssd import cpu
 from mamba_compat.ops.ssd.cpu import _fwd_op
 
-from op_testing import assert_close, make_problem, random_seq_idx
+from op_testing import (SCAN_INPUTS, assert_close, compiled_scan_matches_eager, gradcheck_scan, make_problem,
+                        opcheck_scan, random_seq_idx)
 
-GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+GRAD_NAMES = SCAN_INPUTS
 
 
 def run(backend, kw, chunk_size, **extra):
@@ -156,37 +156,13 @@ def test_every_allocation_is_written(monkeypatch):
 @pytest.mark.parametrize("eager", [True, False])
 def test_gradcheck_float64(eager):
     """float64 gradcheck of the eager autograd path and of the registered op (forward op + backward op)."""
-    kw = make_problem(b=1, l=9, h=2, p=2, g=1, n=3, D="h", requires_grad=True)
-    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2]])
-    scan = cpu.chunk_scan if eager else (lambda *a: _fwd_op(*a))
-
-    def f(x, dt, A, B, C, D, z, dt_bias, init):
-        return scan(x, dt, A, B, C, 4, D, z, dt_bias, init, seq, True, 0.0, math.inf)
-
-    assert torch.autograd.gradcheck(f, tuple(kw[k] for k in GRAD_NAMES))
+    gradcheck_scan(cpu.chunk_scan if eager else _fwd_op)
 
 
 def test_opcheck_registered_op():
-    kw = make_problem(b=1, l=10, h=2, p=2, g=1, n=3, D="hp", dtype=torch.float32, requires_grad=True)
-    args = (kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], 4, kw["D"], kw["z"], kw["dt_bias"], kw["initial_states"],
-            None, True, 0.0, math.inf)
-    torch.library.opcheck(_fwd_op, args)
+    opcheck_scan(_fwd_op)
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    kw = make_problem(b=1, l=24, h=2, p=4, g=1, n=4, dtype=torch.float32, requires_grad=True)
-
-    def f(x, dt, A, B, C, D, z, dt_bias, initial_states):
-        y, s = mamba_chunk_scan_combined(x, dt, A, B, C, 8, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
-                                         dt_softplus=True, return_final_states=True, backend="cpu")
-        return y.square().sum() + s.sum()
-
-    args = [kw[k] for k in GRAD_NAMES]
-    loss = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
-    grads = torch.autograd.grad(loss, args)
-    loss_ref = f(*args)
-    grads_ref = torch.autograd.grad(loss_ref, args)
-    assert_close("loss", loss_ref, loss, 1e-6)
-    for name, g0, g1 in zip(GRAD_NAMES, grads_ref, grads):
-        assert_close(f"d{name}", g0, g1, 1e-5)
+    compiled_scan_matches_eager("cpu")
 

@@ -9,9 +9,10 @@ from mamba_compat import mamba_chunk_scan_combined
 from mamba_compat.ops.ssd.naive import ssd_naive
 from mamba_compat.ops.ssd.reference import _fwd_op, ssd_chunked
 
-from op_testing import assert_close, make_problem, random_seq_idx
+from op_testing import (SCAN_INPUTS, assert_close, compiled_scan_matches_eager, gradcheck_scan, make_problem,
+                        opcheck_scan, random_seq_idx)
 
-GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+GRAD_NAMES = SCAN_INPUTS
 
 
 def run(backend, kw, chunk_size, **extra):
@@ -156,41 +157,16 @@ def test_gradient_arriving_only_on_final_state():
 
 def test_gradcheck_registered_op():
     """float64 gradcheck through the torch.library op (forward op + registered backward op)."""
-    kw = make_problem(b=1, l=9, h=2, p=2, g=1, n=3, D="h", requires_grad=True)
-    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2]])
-    names = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
-
-    def f(x, dt, A, B, C, D, z, dt_bias, init):
-        return _fwd_op(x, dt, A, B, C, 4, D, z, dt_bias, init, seq, True, 0.0, math.inf)
-
-    assert torch.autograd.gradcheck(f, tuple(kw[k] for k in names))
+    gradcheck_scan(_fwd_op)
 
 
 def test_opcheck_registered_op():
-    kw = make_problem(b=1, l=10, h=2, p=2, g=1, n=3, D="hp", dtype=torch.float32, requires_grad=True)
-    args = (kw["x"], kw["dt"], kw["A"], kw["B"], kw["C"], 4, kw["D"], kw["z"], kw["dt_bias"], kw["initial_states"],
-            None, True, 0.0, math.inf)
-    torch.library.opcheck(_fwd_op, args)
+    opcheck_scan(_fwd_op)
 
 
 def test_torch_compile_fullgraph_cpu():
     """The reference under torch.compile (named: `auto` on CPU is now the cpu backend, compiled in test_ssd_cpu.py)."""
-    kw = make_problem(b=1, l=24, h=2, p=4, g=1, n=4, dtype=torch.float32, requires_grad=True)
-
-    def f(x, dt, A, B, C, D, z, dt_bias, initial_states):
-        y, s = mamba_chunk_scan_combined(x, dt, A, B, C, 8, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
-                                         dt_softplus=True, return_final_states=True, backend="reference")
-        return y.square().sum() + s.sum()
-
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    args = [kw[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")]
-    loss = compiled(*args)
-    grads = torch.autograd.grad(loss, args)
-    loss_ref = f(*args)
-    grads_ref = torch.autograd.grad(loss_ref, args)
-    assert_close("loss", loss_ref, loss, 1e-6)
-    for name, g0, g1 in zip(("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "init"), grads_ref, grads):
-        assert_close(f"d{name}", g0, g1, 1e-5)
+    compiled_scan_matches_eager("reference")
 
 
 @settings(max_examples=30, deadline=None)
