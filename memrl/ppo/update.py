@@ -20,8 +20,8 @@ What a graph needs, and how it is met (as in rollout.py):
   optimizer step (anything may have set .grad to None between replays).
 - no host syncs and no compilation inside: the loss is pure (loss.py); the first step of a new shape runs
   eagerly on a side stream (kernels compile and autotune) and counts as a real step; the second is captured.
-- the optimizer step runs outside the graph (torch's Adam, a few foreach launches): the update's numerics
-  are the eager update's, and checkpoints, learning-rate changes and resumes need nothing special.
+- the optimizer step runs outside the graph (torch's Adam, fused on CUDA: one multi-tensor launch): the update's
+  numerics are the eager update's, and checkpoints, learning-rate changes and resumes need nothing special.
 """
 from __future__ import annotations
 
@@ -58,12 +58,9 @@ class MinibatchUpdater:
 
     def __init__(self, model, optimizer, cfg, use_cuda_graph: bool = True, world: int = 1):
         self.model, self.optimizer, self.cfg, self.world = model, optimizer, cfg, world
-        self.params = [p for p in model.parameters()]
+        self.params = list(model.parameters())
         self.device = self.params[0].device
-        why_not = self.graph_unavailable(model, self.device, world)
-        self.use_cuda_graph = bool(use_cuda_graph) and why_not is None
-        self.why_eager = None if self.use_cuda_graph else ("off (--no-update-graph)" if not use_cuda_graph
-                                                          else why_not)
+        self.use_cuda_graph = bool(use_cuda_graph) and self.graph_unavailable(model, self.device, world) is None
         self._graphs = {}  # rollout shape key -> static buffers (and, once captured, "graph")
         self.captures = 0  # graphs captured so far (for tests and benchmarks)
         self.sb = None  # the current update's buffers
@@ -108,7 +105,7 @@ class MinibatchUpdater:
         dev = self.device
         zero = lambda dtype=torch.float32: torch.zeros((), dtype=dtype, device=dev)  # noqa: E731
         mb = data["obs"].shape[0] // self.cfg.num_minibatches
-        return {"key": _shape_key(data), "data": _clone_data(data) if static else data, "idx": torch.zeros(mb, dtype=torch.long, device=dev),
+        return {"data": _clone_data(data) if static else data, "idx": torch.zeros(mb, dtype=torch.long, device=dev),
                 "gate_coef": zero(), "adv_mean": zero(), "adv_std": zero(), "stats": {k: zero() for k in STATS},
                 "count": zero(torch.long), "first_bad": zero(torch.long), "last": torch.zeros(4, device=dev)}
 
@@ -134,15 +131,15 @@ class MinibatchUpdater:
         "skip" (burn-in steps at the start of each sequence, no loss), and the records "actions", "logp", "adv",
         "returns", "values" (N, T) of the S - skip steps after it}."""
         key = _shape_key(data)
-        if key not in self._graphs:
+        sb = self._graphs.get(key)
+        if sb is None:  # new buffers (static ones start as a copy of data)
             self._graphs.clear()  # a finished curriculum stage: free its graph's pool
-            self._graphs[key] = self._buffers(data, static=self.use_cuda_graph)
-        self.sb = self._graphs[key]
-        if self.use_cuda_graph:
-            _copy_data(self.sb["data"], data)
+            sb = self._graphs[key] = self._buffers(data, static=self.use_cuda_graph)
+        elif self.use_cuda_graph:
+            _copy_data(sb["data"], data)
         else:
-            self.sb["data"] = data
-        sb = self.sb
+            sb["data"] = data
+        self.sb = sb
         sb["gate_coef"].fill_(gate_coef)
         for v in (*sb["stats"].values(), sb["count"]):
             v.zero_()
