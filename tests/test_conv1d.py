@@ -169,6 +169,27 @@ def test_triton_bf16(case):
     check_triton(x, weight, bias, st, sg, case != "no_silu", TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("case", ["all_w4", "all_w2", "no_state", "no_seg", "no_bias", "several_programs", "bf16",
+                                  "fp64"])
+@pytest.mark.parametrize("mode", ["two-pass", "fused"])
+def test_triton_silu_backward_modes(case, mode, monkeypatch):
+    """The SiLU backward both ways (MAMBA_COMPAT_CONV_BWD_SILU): g = dy * silu'(a) written by the forward kernel
+    then the plain backward, or a recomputed inside the backward kernel; each vs the float64 reference."""
+    monkeypatch.setenv("MAMBA_COMPAT_CONV_BWD_SILU", mode)
+    dt = {"bf16": torch.bfloat16, "fp64": torch.float64}.get(case, torch.float32)
+    kw = dict(bias=case != "no_bias", state=case != "no_state", seg=case != "no_seg")
+    b, L = (3, 70) if case == "several_programs" else (2, 17)
+    x, weight, bias, st, sg = make(b, L, 36, 2 if case == "all_w2" else 4, dt, seed=len(case), **kw)
+    check_triton(x, weight, bias, st, sg, True, TOL[dt])
+
+
+def test_triton_silu_backward_mode_checked(monkeypatch):
+    monkeypatch.setenv("MAMBA_COMPAT_CONV_BWD_SILU", "twopass")
+    x, weight, bias, st, sg = make(1, 5, 8, 4, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="MAMBA_COMPAT_CONV_BWD_SILU must be 'two-pass' or 'fused', got 'twopass'"):
+        check_triton(x, weight, bias, st, sg, True, TOL[torch.float32])
+
+
 def test_triton_fp64():
     x, weight, bias, st, sg = make(1, 9, 20, 4, torch.float64, seed=5)
     check_triton(x, weight, bias, st, sg, True, TOL[torch.float64])

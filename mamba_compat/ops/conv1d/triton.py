@@ -66,12 +66,14 @@ def _load_seg(seg_base, s, L, sgl):
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, st_ptr, seg_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, st_ptr, seg_ptr, y_ptr, dy_ptr,
     L, C,
-    sxb, sxl, sxc, swc, sww, ssb, ssc, ssw, sgb, sgl, syb, syl,
+    sxb, sxl, sxc, swc, sww, ssb, ssc, ssw, sgb, sgl, syb, syl, sdb, sdl, sdc,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, HAS_SEG: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, GRAD: tl.constexpr,
 ):
+    # GRAD (with SILU): instead of y, write g = dy * silu'(a) at the pre-activation a (the two-pass backward's
+    # first pass; y_ptr is then an ACC buffer)
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -94,7 +96,12 @@ def _conv_fwd_kernel(
             v = tl.where((_load_seg(seg_base, s, L, sgl) == seg_t)[:, None], v, 0.0)
         wi = tl.load(w_ptr + c * swc + i * sww, mask=cmask, other=0.0).to(ACC)
         acc += v * wi[None, :]
-    if SILU:
+    if GRAD:
+        sg = _sig(acc)
+        dy = tl.load(dy_ptr + b * sdb + t.to(tl.int64)[:, None] * sdl + c[None, :] * sdc,
+                     mask=tmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+        acc = dy * sg * (1.0 + acc * (1.0 - sg))
+    elif SILU:
         acc = acc * _sig(acc)
     y_ptrs = y_ptr + b * syb + t.to(tl.int64)[:, None] * syl + c[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
@@ -213,10 +220,26 @@ def _cfg(kind: str, default: tuple) -> tuple:
 
 FWD_CFG = (16, 256, 4)  # the best of 40 configs on an H200 (b8 L2048 C2304 bf16: 67 us, 2.25 TB/s)
 BWD_CFG = (16, 128, 4)  # not measured on a GPU yet (MAMBA_COMPAT_CONV_BWD to tune)
+TWO_PASS_SILU = False  # see conv1d_bwd; not measured on a GPU yet (MAMBA_COMPAT_CONV_BWD_SILU to tune)
 
 
 def _acc(dtype) -> tl.dtype:
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_torch(dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _two_pass_silu(x: Tensor) -> bool:
+    """Whether the SiLU backward runs as two passes: MAMBA_COMPAT_CONV_BWD_SILU=two-pass / fused (read at call
+    time, for tuning), else TWO_PASS_SILU."""
+    forced = os.environ.get("MAMBA_COMPAT_CONV_BWD_SILU")
+    if forced:
+        if forced not in ("two-pass", "fused"):
+            raise ValueError(f"MAMBA_COMPAT_CONV_BWD_SILU must be 'two-pass' or 'fused', got {forced!r}")
+        return forced == "two-pass"
+    return TWO_PASS_SILU
 
 
 def _state_args(x, conv_state, seg):
@@ -247,33 +270,46 @@ def conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Op
     """x (B, L, C) any strides, weight (C, W), bias (C,) or None, conv_state (B, C, W) or None, seg (B, L) or None
     -> y (B, L, C) contiguous in x.dtype (SiLU applied when silu)."""
     b, L, c = x.shape
-    w = weight.shape[1]
     y = _alloc((b, L, c), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    st, ss, sgt, sg = _state_args(x, conv_state, seg)
-    bt, bc, warps = cfg or _cfg("FWD", FWD_CFG)
-    _conv_fwd_kernel[(triton.cdiv(L, bt), triton.cdiv(c, bc), b)](
-        x, weight, x if bias is None else bias, st, sgt, y, L, c,
-        *x.stride(), *weight.stride(), *ss, *sg, y.stride(0), y.stride(1),
-        W=w, HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, HAS_SEG=seg is not None, SILU=bool(silu),
-        ACC=_acc(x.dtype), BT=bt, BC=bc, num_warps=warps,
-    )
+    _launch_fwd(x, weight, bias, conv_state, seg, silu, y, None, cfg or _cfg("FWD", FWD_CFG))
     return y
 
 
+def _launch_fwd(x, weight, bias, conv_state, seg, silu, y, dy, cfg):
+    """The forward kernel into y (B, L, C) contiguous; with dy, g = dy * silu'(pre-activation) instead."""
+    b, L, c = x.shape
+    st, ss, sgt, sg = _state_args(x, conv_state, seg)
+    bt, bc, warps = cfg
+    _conv_fwd_kernel[(triton.cdiv(L, bt), triton.cdiv(c, bc), b)](
+        x, weight, x if bias is None else bias, st, sgt, y, x if dy is None else dy, L, c,
+        *x.stride(), *weight.stride(), *ss, *sg, y.stride(0), y.stride(1), *(dy.stride() if dy is not None else (0, 0, 0)),
+        W=weight.shape[1], HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, HAS_SEG=seg is not None,
+        SILU=bool(silu), ACC=_acc(x.dtype), BT=bt, BC=bc, GRAD=dy is not None, num_warps=warps,
+    )
+
+
 def conv1d_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor],
-               seg: Optional[Tensor], silu: bool, cfg: Optional[tuple] = None):
+               seg: Optional[Tensor], silu: bool, cfg: Optional[tuple] = None, two_pass: Optional[bool] = None):
     """-> (dx (B, L, C) in x.dtype, dweight (C, W) in weight.dtype, dbias (C,) or None, d conv_state (B, C, W) in
-    conv_state.dtype (column 0 zero) or None)."""
+    conv_state.dtype (column 0 zero) or None).
+
+    With SiLU, two_pass (default: _two_pass_silu) first writes g = dy * silu'(a) to an ACC buffer (the forward
+    kernel, W tile loads per tile) and runs the backward kernel on g without SiLU, instead of recomputing a at
+    each of the W shifted rows inside it (W^2 tile loads per tile)."""
     b, L, c = x.shape
     w = weight.shape[1]
     dev = x.device
+    if silu and x.numel() > 0 and (_two_pass_silu(x) if two_pass is None else two_pass):
+        g = _alloc((b, L, c), dtype=_acc_torch(x.dtype), device=dev)  # (B, L, C)
+        _launch_fwd(x, weight, bias, conv_state, seg, True, g, dy, _cfg("FWD", FWD_CFG))
+        dy, silu = g, False
     off = w - 1 if conv_state is not None else 0
     bt, bc, warps = cfg or _cfg("BWD", BWD_CFG)
     nt = _bwd_tiles_per_program(b, L + off, c, bt, bc, dev)
     npt = triton.cdiv(L + off, nt * bt)
-    acc_dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dt = _acc_torch(x.dtype)
     dx = _alloc((b, L, c), dtype=x.dtype, device=dev)
     dw_part = _alloc((b * npt, w, c), dtype=acc_dt, device=dev)
     db_part = _alloc((b * npt, c), dtype=acc_dt, device=dev) if bias is not None else None
