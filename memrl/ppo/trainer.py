@@ -38,6 +38,7 @@ from ..config import Config, resolve_device
 from ..envs import HorizonEnv, make_env
 from ..models import ActorCritic
 from .evaluate import evaluate_policy
+from .gae import gae
 from .rollout import RolloutActor
 from .update import MinibatchUpdater
 
@@ -58,40 +59,13 @@ def build_model(cfg: Config, obs_dim: int, num_actions) -> ActorCritic:
                        mem_chunk=cfg.mem_chunk, head_hidden=cfg.head_hidden, ssm_chunk=cfg.ssm_chunk)
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def _all_finite(tensors) -> torch.Tensor:
+    """0-dim bool tensor: every element of every tensor is finite (no host sync)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 def _terms(pg, v, entropy, gate) -> str:
     return f"pg={pg.item()} v={v.item()} entropy={entropy.item()} gate={gate.item()}"
-
-
-def gae(rewards, values, dones, last_value, gamma: float, lam: float, truncated=None, final_values=None):
-    """Generalised advantage estimation (Schulman et al. 2016). All (N, T) except last_value (N,).
-
-    dones[:, t] = the episode ended with step t (terminated or truncated): nothing flows back across it.
-    truncated[:, t] (a subset of dones) = it was cut short (a time limit), so step t bootstraps with
-    final_values[:, t], the value of the ended episode's final obs; a terminated step does not bootstrap.
-    Returns (advantages, returns).
-    """
-    if (truncated is None) != (final_values is None):
-        raise ValueError("gae needs truncated and final_values together (or neither), got "
-                         f"truncated={'None' if truncated is None else tuple(truncated.shape)}, "
-                         f"final_values={'None' if final_values is None else tuple(final_values.shape)}")
-    n, length = rewards.shape
-    adv = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(last_value)
-    next_value = last_value
-    for t in reversed(range(length)):
-        live = 1.0 - dones[:, t].float()
-        bootstrap = next_value * live
-        if truncated is not None:
-            bootstrap = bootstrap + final_values[:, t] * truncated[:, t].float()
-        delta = rewards[:, t] + gamma * bootstrap - values[:, t]
-        next_adv = delta + gamma * lam * live * next_adv
-        adv[:, t] = next_adv
-        next_value = values[:, t]
-    return adv, adv + values
 
 
 class PPOTrainer:
@@ -145,7 +119,7 @@ class PPOTrainer:
         out = self.actor.run(self.obs, self.next_reset, self.state, length, snap_at)
         self.obs, self.next_reset, self.state = out.pop("next_obs"), out.pop("next_reset"), out.pop("next_state")
         roll = {**out, "state0": state0, "ended_return": self._ended_return(out["rewards"], out["dones"])}
-        finite = _all_finite([roll["values"], *self.state.values()])
+        finite = bool(_all_finite([roll["values"], *self.state.values()]))
         if self.world > 1:
             finite = dist.all_true(finite)
         if not finite:
@@ -207,25 +181,33 @@ class PPOTrainer:
                     stop = True
                     break
         res = self.updater.finish()
-        count, first_bad, (pg_loss, v_loss, entropy, gate_loss) = res["steps"], res["first_bad"], res["last"]
-        first = int(first_bad)  # equal on every rank: the loss flags were all-reduced and the gradients are identical
+        count, (pg_loss, v_loss, entropy, gate_loss) = res["steps"], res["last"]
+        # one host sync for the flags, the parameters' finite check and the statistics (each a 0-dim tensor)
+        stats = res["stats"]
+        params_finite = _all_finite(list(model.parameters()))
+        local = [res["first_bad"].float(), params_finite.float(), *(v / count for v in stats.values())]
+        if self.world == 1:
+            var_ret, var_res = returns.var(), (returns - roll["values"]).var()
+            local += [1 - var_res / var_ret, var_ret]
+        host = torch.stack(local).tolist()
+        first = int(host[0])  # equal on every rank: the loss flags were all-reduced and the gradients are identical
         if first >= 0:
             per_epoch = -(-n // mb)
             raise NonFiniteError(f"non-finite loss or gradient norm at update {self.update_idx + 1}, epoch "
                                  f"{first // per_epoch}, minibatch {first % per_epoch}"
                                  + (f" (on some of {self.world} ranks)" if self.world > 1 else "")
                                  + f"; last minibatch: {_terms(pg_loss, v_loss, entropy, gate_loss)}")
-        if not _all_finite(p for p in model.parameters()):
+        if not host[1]:
             raise NonFiniteError(f"non-finite parameters after update {self.update_idx + 1}")
-        stats = res["stats"]
-        stats = dict(zip(stats, (torch.stack(list(stats.values())) / count).tolist()))  # one host sync
+        stats = dict(zip(stats, host[2:2 + len(stats)]))
         if self.world > 1:
             stats = dict(zip(stats, dist.mean_values(*stats.values())))
             var_ret = dist.global_mean_std(returns)[1] ** 2
             var_res = dist.global_mean_std(returns - roll["values"])[1] ** 2
+            explained, var_ret = float(1 - var_res / var_ret), float(var_ret)
         else:
-            var_ret, var_res = returns.var(), (returns - roll["values"]).var()
-        stats["explained_var"] = float(1 - var_res / var_ret) if var_ret > 0 else float("nan")
+            explained, var_ret = host[-2:]
+        stats["explained_var"] = explained if var_ret > 0 else float("nan")
         stats["kl_stop"] = stop
         stats["gate_coef"] = gate_coef
         if cfg.burn_in > 0:

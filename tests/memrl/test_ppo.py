@@ -125,6 +125,24 @@ def test_non_finite_state_raises():
         trainer.train_step()
 
 
+def test_non_finite_parameters_after_the_update_raise():
+    """A parameter the optimizer step itself makes non-finite (the loss and gradients were finite) is caught by
+    the check after the update, in the same host sync as its statistics."""
+    trainer = PPOTrainer(small(horizon=5, num_envs=8, num_minibatches=1, update_epochs=1))
+    roll = trainer.collect_rollout()
+    step = trainer.optimizer.step
+
+    def poisoned_step(*a, **k):
+        out = step(*a, **k)
+        with torch.no_grad():
+            next(trainer.model.parameters()).view(-1)[-1] = float("inf")
+        return out
+
+    trainer.optimizer.step = poisoned_step
+    with pytest.raises(NonFiniteError, match=r"^non-finite parameters after update 1$"):
+        trainer.update(roll)
+
+
 def test_non_finite_loss_in_the_update_raises_at_its_end():
     """The loss and gradient-norm checks stay on the device during the update (no per-minibatch host sync) and
     raise once it ends, naming the first minibatch that failed; the caller never saves such a state."""
