@@ -61,7 +61,10 @@ def profile(fn, device, top: int = 6) -> dict:
     events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     busy = sum(e.self_device_time_total for e in events) / 1e3  # us -> ms
     events.sort(key=lambda e: -e.self_device_time_total)
-    return {"wall_ms": wall * 1e3, "gpu_busy_ms": busy, "busy_share": busy / (wall * 1e3),
+    # host time of the trainer's phases (record_function labels "memrl.*" in memrl/ppo/trainer.py)
+    phases = {e.key: round(e.cpu_time_total / 1e3, 2) for e in prof.key_averages()
+              if e.key.startswith("memrl.") and e.device_type == DeviceType.CPU}
+    return {"wall_ms": wall * 1e3, "gpu_busy_ms": busy, "busy_share": busy / (wall * 1e3), "host_ms": phases,
             "top": [(e.key[:70], round(e.self_device_time_total / 1e3, 2), e.count) for e in events[:top]]}
 
 
@@ -126,8 +129,8 @@ def main():
                     if part in row:
                         p = row[part]
                         print(f"    {part}: wall {p['wall_ms']:.1f} ms, GPU busy {p['gpu_busy_ms']:.1f} ms "
-                              f"({p['busy_share']:.0%}); top: " + "; ".join(f"{k} {ms} ms x{c}" for k, ms, c in p["top"]),
-                              flush=True)
+                              f"({p['busy_share']:.0%}); host ms per phase: {p['host_ms']}; top: "
+                              + "; ".join(f"{k} {ms} ms x{c}" for k, ms, c in p["top"]), flush=True)
                 if row["device"] == "cpu":
                     break  # no graphs on CPU: one row
     meta = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,

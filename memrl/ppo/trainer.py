@@ -32,6 +32,7 @@ import os
 import time
 
 import torch
+from torch.profiler import record_function
 
 from .. import distributed as dist
 from ..config import Config, resolve_device
@@ -151,8 +152,9 @@ class PPOTrainer:
     def update(self, roll: dict, success: float | None = None) -> dict:
         """Epochs x minibatches of PPO on `roll`. success: the (global) rollout success rate, if known."""
         cfg, model = self.cfg, self.model
-        adv, returns = gae(roll["rewards"], roll["values"], roll["dones"], roll["last_value"], cfg.gamma,
-                           cfg.gae_lambda, truncated=roll["truncated"], final_values=roll["final_values"])
+        with record_function("memrl.gae"):  # labels for torch.profiler (bench/memrl_speed.py --profile)
+            adv, returns = gae(roll["rewards"], roll["values"], roll["dones"], roll["last_value"], cfg.gamma,
+                               cfg.gae_lambda, truncated=roll["truncated"], final_values=roll["final_values"])
         n = cfg.num_envs
         mb = n // cfg.num_minibatches
         # Adam follows any consistent gradient whatever its weight, so an L1 penalty on the gate from the start
@@ -164,22 +166,10 @@ class PPOTrainer:
         gate_coef = cfg.gate_coef if cfg.gate_penalty_after == 0 or success >= cfg.gate_penalty_after else 0.0
         # Statistics and finite checks stay on the device until the end of the update (update.py): a host sync
         # per minibatch would stall the host until the GPU drains, so its launches could not overlap the GPU's work.
-        self.updater.begin(self._update_data(roll, adv, returns), gate_coef)
-        stop = False
-        for epoch in range(cfg.update_epochs):
-            perm = torch.randperm(n, device=self.device, generator=self.gen)
-            if cfg.norm_adv and self.world > 1:  # statistics of each global minibatch (union over ranks), all at once
-                mb_mean, mb_std = dist.global_mean_std(adv[perm].view(n // mb, -1), per_row=True)  # (n_mb,) each
-            for start in range(0, n, mb):
-                norm = (mb_mean[start // mb], mb_std[start // mb]) if cfg.norm_adv and self.world > 1 else ()
-                self.updater.step(perm[start:start + mb], *norm)
-            if cfg.target_kl > 0:  # one host sync per epoch, only with the early stop on
-                kl = float(self.updater.sb["stats"]["approx_kl"]) / self.updater.steps
-                if self.world > 1:  # decided from the rank mean: identical on every rank
-                    kl = dist.mean_values(kl)[0]
-                if kl > cfg.target_kl:
-                    stop = True
-                    break
+        with record_function("memrl.update_begin"):
+            self.updater.begin(self._update_data(roll, adv, returns), gate_coef)
+        with record_function("memrl.minibatches"):
+            stop = self._epochs(adv, n, mb)
         res = self.updater.finish()
         count, (pg_loss, v_loss, entropy, gate_loss) = res["steps"], res["last"]
         # one host sync for the flags, the parameters' finite check and the statistics (each a 0-dim tensor)
@@ -189,7 +179,8 @@ class PPOTrainer:
         if self.world == 1:
             var_ret, var_res = returns.var(), (returns - roll["values"]).var()
             local += [1 - var_res / var_ret, var_ret]
-        host = torch.stack(local).tolist()
+        with record_function("memrl.update_sync"):  # the host waits here for the GPU to drain
+            host = torch.stack(local).tolist()
         first = int(host[0])  # equal on every rank: the loss flags were all-reduced and the gradients are identical
         if first >= 0:
             per_epoch = -(-n // mb)
@@ -214,6 +205,25 @@ class PPOTrainer:
             b = min(cfg.burn_in, roll["obs"].shape[1])
             self.prefix = {"obs": roll["obs"][:, -b:], "reset": roll["reset"][:, -b:], "state": roll["snapshot"]}
         return stats
+
+    def _epochs(self, adv: torch.Tensor, n: int, mb: int) -> bool:
+        """cfg.update_epochs passes over the envs in random minibatches of mb. Returns whether the KL early stop
+        ended them."""
+        cfg = self.cfg
+        for epoch in range(cfg.update_epochs):
+            perm = torch.randperm(n, device=self.device, generator=self.gen)
+            if cfg.norm_adv and self.world > 1:  # statistics of each global minibatch (union over ranks), all at once
+                mb_mean, mb_std = dist.global_mean_std(adv[perm].view(n // mb, -1), per_row=True)  # (n_mb,) each
+            for start in range(0, n, mb):
+                norm = (mb_mean[start // mb], mb_std[start // mb]) if cfg.norm_adv and self.world > 1 else ()
+                self.updater.step(perm[start:start + mb], *norm)
+            if cfg.target_kl > 0:  # one host sync per epoch, only with the early stop on
+                kl = float(self.updater.sb["stats"]["approx_kl"]) / self.updater.steps
+                if self.world > 1:  # decided from the rank mean: identical on every rank
+                    kl = dist.mean_values(kl)[0]
+                if kl > cfg.target_kl:
+                    return True
+        return False
 
     # ------------------------------------------------------------------------------------------- loop
     def rollout_stats(self, roll: dict) -> dict:
